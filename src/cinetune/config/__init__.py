@@ -1,0 +1,16 @@
+"""One schema for files, CLI and web UI."""
+
+from cinetune.config.dataset import DataBackendConfig, DatasetConfig, VideoOptions
+from cinetune.config.load import LoadedConfig, load_config, parse_overrides
+from cinetune.config.train import TrainConfig, parse_resolutions
+
+__all__ = [
+    "DataBackendConfig",
+    "DatasetConfig",
+    "LoadedConfig",
+    "TrainConfig",
+    "VideoOptions",
+    "load_config",
+    "parse_overrides",
+    "parse_resolutions",
+]

@@ -1,0 +1,188 @@
+"""Load config files (JSON or TOML), apply --key=value overrides, and turn schema errors into user messages."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from cinetune.config.dataset import DataBackendConfig, DatasetConfig, VideoOptions
+from cinetune.config.train import TrainConfig
+from cinetune.errors import ConfigError, NotSupportedYet
+
+# Keys the well-known quickstarts use for features cinetune has not built yet. They are rejected, never ignored.
+NOT_SUPPORTED_YET: dict[str, str] = {
+    "enable_group_offload": "group offload",
+    "group_offload_type": "group offload",
+    "group_offload_blocks_per_group": "group offload",
+    "group_offload_use_stream": "group offload",
+    "group_offload_to_disk_path": "group offload",
+    "enable_block_swap": "block swap",
+    "musubi_blocks_to_swap": "block swap",
+    "blocks_to_swap": "block swap",
+    "tread_config": "TREAD token routing",
+    "crepa_enabled": "CREPA",
+    "crepa_config": "CREPA",
+    "quantize_via": "quantization",
+    "quantize_activations": "quantization",
+    "text_encoder_1_precision": "text-encoder quantization",
+    "fuse_qkv_projections": "fused QKV projections",
+    "use_ema": "EMA",
+    "ema_decay": "EMA",
+    "fsdp_enable": "FSDP2 sharding",
+    "fsdp_version": "FSDP2 sharding",
+    "deepspeed_config": "DeepSpeed",
+    "push_to_hub": "pushing to the hub",
+    "hub_model_id": "pushing to the hub",
+    "validation_using_datasets": "I2V validation from a dataset",
+    "eval_dataset_id": "I2V validation from a dataset",
+    "s2v_datasets": "audio datasets",
+    "ltx2_checkpoint_filename": "the ltxvideo2 family",
+    "vae_enable_patch_conv": "VAE patch convolution",
+    "vae_enable_tiling": "VAE tiling",
+    "first_frame_conditioning_p": "first-frame (I2V) conditioning",
+    "lycoris_config": "LyCORIS",
+    "controlnet": "ControlNet",
+    "audio": "audio datasets",
+    "conditioning_data": "conditioning datasets",
+}
+
+
+@dataclass
+class LoadedConfig:
+    train: TrainConfig
+    data: DataBackendConfig
+    config_path: Path | None
+
+
+def read_file(path: Path) -> Any:
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".toml":
+            return tomllib.loads(text)
+        return json.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid {path.suffix.lstrip('.').upper() or 'JSON'}: {exc}") from exc
+
+
+def _strip_dashes(raw: dict[str, Any]) -> dict[str, Any]:
+    # Many quickstart config.json files spell keys as CLI flags ("--learning_rate").
+    return {k.lstrip("-").replace("-", "_") if k.startswith("--") else k: v for k, v in raw.items()}
+
+
+def parse_override_value(text: str) -> Any:
+    """'2e-4' -> 2e-4, 'true' -> True, '[\"a\"]' -> ['a'], 'hello' -> 'hello'. pydantic then coerces to the field."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        low = text.strip().lower()
+        if low in ("true", "yes", "on"):
+            return True
+        if low in ("false", "no", "off"):
+            return False
+        if low in ("none", "null"):
+            return None
+        return text
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """['--learning_rate=2e-4', '--seed', '3'] -> {'learning_rate': 2e-4, 'seed': 3}."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"unexpected argument '{arg}': overrides look like --key=value")
+        key = arg[2:]
+        if "=" in key:
+            key, value = key.split("=", 1)
+        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+            value = args[i + 1]
+            i += 1
+        else:
+            value = "true"
+        out[key.replace("-", "_")] = parse_override_value(value)
+        i += 1
+    return out
+
+
+def _check_keys(raw: dict[str, Any], model: type[BaseModel], where: str) -> None:
+    valid = list(model.model_fields)
+    for key in raw:
+        if key in valid:
+            continue
+        if key in NOT_SUPPORTED_YET:
+            raise NotSupportedYet(
+                f"{where}: '{key}' ({NOT_SUPPORTED_YET[key]}) is not supported yet; remove the key to train without it"
+            )
+        close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"{where}: unknown key '{key}'{hint}")
+
+
+def _format_validation(exc: ValidationError, where: str) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        got = err.get("input")
+        shown = f" (got {got!r})" if loc and not isinstance(got, dict | list) else ""
+        lines.append(f"{where}: {loc + ': ' if loc else ''}{msg}{shown}")
+    return "\n".join(lines)
+
+
+def build_train_config(raw: dict[str, Any], where: str = "config") -> TrainConfig:
+    raw = _strip_dashes(raw)
+    _check_keys(raw, TrainConfig, where)
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation(exc, where)) from exc
+
+
+def build_data_config(raw: Any, where: str = "multidatabackend") -> DataBackendConfig:
+    if isinstance(raw, dict) and "datasets" in raw:
+        raw = raw["datasets"]
+    if not isinstance(raw, list):
+        raise ConfigError(f"{where}: expected a list of dataset entries")
+    for n, entry in enumerate(raw):
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: entry {n} is not an object")
+        label = f"{where}: dataset '{entry.get('id', n)}'"
+        _check_keys(entry, DatasetConfig, label)
+        if isinstance(entry.get("video"), dict):
+            _check_keys(entry["video"], VideoOptions, f"{label} video block")
+    try:
+        return DataBackendConfig.model_validate({"datasets": raw})
+    except ValidationError as exc:
+        raise ConfigError(_format_validation(exc, where)) from exc
+
+
+def load_config(
+    config_path: Path | None = None, overrides: dict[str, Any] | None = None, base_dir: Path | None = None
+) -> LoadedConfig:
+    """Read config.json/.toml and the dataset file it names; apply overrides; resolve relative paths.
+
+    Relative paths in the files are taken from the working directory, as the quickstarts assume.
+    """
+    raw: dict[str, Any] = {}
+    if config_path is not None:
+        data = read_file(config_path)
+        if not isinstance(data, dict):
+            raise ConfigError(f"{config_path}: expected an object of key: value")
+        raw.update(_strip_dashes(data))
+    raw.update(overrides or {})
+    train = build_train_config(raw, where=str(config_path or "config"))
+    base = base_dir or Path.cwd()
+    backend_path = train.data_backend_config
+    if not backend_path.is_absolute():
+        backend_path = base / backend_path
+    data_cfg = build_data_config(read_file(backend_path), where=str(train.data_backend_config))
+    return LoadedConfig(train=train, data=data_cfg, config_path=config_path)

@@ -1,0 +1,143 @@
+"""Schema of `config.json` / `config.toml`: the training run, in the quickstarts' key names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Precision = Literal["no", "fp32", "bf16", "fp16"]
+
+
+def parse_resolutions(value: str) -> list[tuple[int, int]]:
+    """'512x768' or '512x768,768x512' -> [(width, height), ...]. A bare '512' means 512x512."""
+    out = []
+    for part in str(value).replace(" ", "").split(","):
+        if not part:
+            continue
+        if "x" in part:
+            w, h = part.lower().split("x", 1)
+            out.append((int(w), int(h)))
+        else:
+            out.append((int(part), int(part)))
+    if not out:
+        raise ValueError("validation_resolution is empty; use e.g. '768x512' or '768x512,512x768'")
+    return out
+
+
+class TrainConfig(BaseModel):
+    """One training run. Every key can also be given on the command line as --key=value."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    # model
+    model_family: str = Field(..., description="Model family: ltxvideo (LTX-Video 0.9.x).")
+    model_flavour: str | None = Field(None, description="Release of the family (see `cinetune check`); default per family.")
+    pretrained_model_name_or_path: str | None = Field(
+        None, description="Hub id or local diffusers-format folder. Default: the flavour's hub repo."
+    )
+    model_type: Literal["lora"] = Field("lora", description="What is trained. Only 'lora' is supported yet.")
+    lora_type: Literal["standard"] = Field("standard", description="LoRA kind. Only 'standard' (PEFT LoRA).")
+    base_model_precision: Literal["no_change", "bf16", "fp16", "fp32"] = Field(
+        "no_change", description="Storage dtype of frozen weights. no_change: the mixed_precision dtype."
+    )
+    # output and data
+    output_dir: Path = Field(Path("output"), description="Where checkpoints, LoRA files, validation videos and logs go.")
+    data_backend_config: Path = Field(
+        Path("config/multidatabackend.json"), description="Path of the dataset file (multidatabackend.json)."
+    )
+    # schedule
+    train_batch_size: int = Field(1, ge=1, description="Samples per device per step; a batch comes from one bucket.")
+    learning_rate: float = Field(1e-4, gt=0, description="Peak learning rate.")
+    lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = Field(
+        "constant", description="Learning-rate schedule after warmup."
+    )
+    lr_warmup_steps: int = Field(0, ge=0, description="Linear warmup steps.")
+    max_train_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
+    num_train_epochs: int = Field(1, ge=1, description="Epochs, used when max_train_steps is unset.")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm; 0 disables clipping.")
+    mixed_precision: Precision = Field("bf16", description="Compute dtype: bf16, fp16 or no/fp32.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+    seed: int = Field(42, description="Seed of everything random: frame windows, noise, sigmas, dropout.")
+    optimizer: Literal["adamw", "adamw_fused"] = Field("adamw", description="Optimizer: torch AdamW.")
+    adam_beta1: float = Field(0.9, description="AdamW beta1.")
+    adam_beta2: float = Field(0.999, description="AdamW beta2.")
+    adam_weight_decay: float = Field(1e-2, ge=0, description="AdamW weight decay.")
+    adam_epsilon: float = Field(1e-8, gt=0, description="AdamW epsilon.")
+    caption_dropout_probability: float = Field(
+        0.0, ge=0, le=1, description="Probability a sample trains on the empty caption (for CFG)."
+    )
+    # flow matching
+    flow_sigma_sampler: Literal["shifted_logit_normal", "uniform"] = Field(
+        "shifted_logit_normal",
+        description="How training sigmas are drawn. shifted_logit_normal: sigmoid(N(mu(tokens), 1)), as the "
+        "LTX trainers do.",
+    )
+    # lora
+    lora_rank: int = Field(64, ge=1, description="LoRA rank.")
+    lora_alpha: float | None = Field(None, gt=0, description="LoRA alpha. Default: lora_rank (scale 1).")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
+    lora_target_modules: list[str] | None = Field(
+        None, description="Module names to adapt. Default: the family's attention projections."
+    )
+    init_lora: Path | None = Field(None, description="Start from the weights of this LoRA .safetensors file.")
+    lora_init_type: Literal["default", "gaussian", "pissa", "olora"] = Field(
+        "default", description="LoRA init (peft init_lora_weights); default: A random, B zero."
+    )
+    # checkpoints
+    checkpointing_steps: int | None = Field(None, ge=1, description="Save a resumable checkpoint every N steps.")
+    checkpoints_total_limit: int | None = Field(None, ge=1, description="Keep at most this many checkpoints.")
+    resume_from_checkpoint: str | None = Field(
+        None, description="'latest' or a checkpoint folder; resumes the run exactly where it stopped."
+    )
+    # validation
+    validation_steps: int | None = Field(None, ge=1, description="Generate validation videos every N steps.")
+    validation_prompt: str | None = Field(None, description="Prompt of the validation videos.")
+    validation_negative_prompt: str = Field("", description="Negative prompt for validation (with guidance > 1).")
+    validation_prompt_library: Path | dict[str, str] | None = Field(
+        None, description="JSON file (or inline object) of name -> prompt; each is generated at validation."
+    )
+    validation_resolution: str = Field("768x512", description="'WxH' or several: '768x512,512x768'.")
+    validation_num_video_frames: int = Field(49, ge=1, description="Frames of each validation video.")
+    validation_guidance: float = Field(3.0, ge=0, description="Classifier-free guidance scale for validation.")
+    validation_num_inference_steps: int = Field(30, ge=1, description="Denoising steps for validation.")
+    validation_seed: int | None = Field(None, description="Seed of the validation noise. Default: seed.")
+    disable_validation: bool = Field(False, description="Never generate validation videos.")
+    frame_rate: float = Field(25.0, gt=0, description="Frames per second of training clips and validation videos.")
+    # logging
+    report_to: Literal["tensorboard", "wandb", "none"] = Field("tensorboard", description="Where metrics go.")
+    tracker_project_name: str = Field("cinetune", description="Project name for the tracker.")
+    tracker_run_name: str | None = Field(None, description="Run name for the tracker.")
+    logging_steps: int = Field(1, ge=1, description="Write metrics every N steps.")
+    # memory and devices
+    offload_during_startup: bool = Field(
+        False, description="Keep only one of text encoder / VAE on the device while caching; free both after."
+    )
+    dataloader_num_workers: int = Field(0, ge=0, description="Worker processes for loading cached samples.")
+    num_processes: int = Field(1, ge=1, description="Processes to launch (DDP through accelerate).")
+    cpu: bool = Field(False, description="Train on CPU even when a GPU is present (tests, demos).")
+    max_sequence_length: int | None = Field(None, ge=1, description="Text tokens. Default: the family's.")
+
+    @field_validator("validation_resolution")
+    @classmethod
+    def _resolutions_parse(cls, value: str) -> str:
+        parse_resolutions(value)
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.validation_steps and not (self.validation_prompt or self.validation_prompt_library):
+            raise ValueError("validation_steps is set but there is no validation_prompt or validation_prompt_library")
+        if self.mixed_precision == "fp32":
+            self.mixed_precision = "no"
+        return self
+
+    @property
+    def resolutions(self) -> list[tuple[int, int]]:
+        return parse_resolutions(self.validation_resolution)
+
+    @property
+    def effective_lora_alpha(self) -> float:
+        return float(self.lora_alpha if self.lora_alpha is not None else self.lora_rank)

@@ -75,6 +75,11 @@ class TrainConfig(BaseModel):
         description="How training sigmas are drawn. shifted_logit_normal: sigmoid(N(mu(tokens), 1)), as the "
         "LTX trainers do.",
     )
+    vae_latent_sampling: Literal["sample", "mean"] = Field(
+        "sample",
+        description="sample: draw x0 from the cached VAE posterior each step (as the LTX-Video trainer does); "
+        "mean: train on the posterior mean.",
+    )
     # lora
     lora_rank: int = Field(64, ge=1, description="LoRA rank.")
     lora_alpha: float | None = Field(None, gt=0, description="LoRA alpha. Default: lora_rank (scale 1).")

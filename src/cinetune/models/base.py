@@ -83,3 +83,5 @@ class ModelFamily:
     default_lora_targets: ClassVar[tuple[str, ...]]
     default_max_sequence_length: ClassVar[int]
     default_frame_rate: ClassVar[float] = 25.0
+    pipeline_class: ClassVar[type]
+    comfyui_renames: ClassVar[dict[str, str]] = {}

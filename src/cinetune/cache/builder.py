@@ -1,0 +1,143 @@
+"""Build the text-embedding and VAE-latent caches, one encoder on the device at a time.
+
+Keys cover everything an entry depends on (source file path/size/mtime, frame window, fps, bucket, crop, model
+and VAE identity, dtype), so a changed config never reuses a stale entry; entries already on disk are skipped,
+so an interrupted build resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from cinetune.cache.store import TensorCache, cache_key
+from cinetune.data import Sample, load_pixels
+from cinetune.models.base import ModelFamily
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class CacheIndex:
+    """Where every caption's embedding and every (sample, window) latent lives."""
+
+    text: TensorCache
+    latents: dict[str, TensorCache]
+    caption_keys: dict[str, str] = field(default_factory=dict)
+    latent_keys: dict[tuple[int, int], str] = field(default_factory=dict)
+    stats: dict[str, float] = field(default_factory=dict)
+
+    def text_embeds(self, caption: str) -> dict[str, torch.Tensor]:
+        return self.text.load(self.caption_keys[caption])
+
+    def latent(self, sample_index: int, window: int, dataset_id: str) -> dict[str, torch.Tensor]:
+        return self.latents[dataset_id].load(self.latent_keys[(sample_index, window)])
+
+
+def _free(module: torch.nn.Module) -> None:
+    """Take a module off the device; the caller drops its last reference right after."""
+    module.cpu()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class CacheBuilder:
+    """Encodes what is missing from the caches. The family knows how to encode; this knows what and when."""
+
+    def __init__(self, family: ModelFamily, *, text_root: Path, latent_roots: dict[str, Path], device: torch.device,
+                 dtype: torch.dtype, max_sequence_length: int, text_batch_size: int = 16,
+                 progress: Callable[[str, int], Iterable] | None = None) -> None:
+        self.family = family
+        self.index = CacheIndex(TensorCache(text_root), {k: TensorCache(v) for k, v in latent_roots.items()})
+        self.device = device
+        self.dtype = dtype
+        self.max_sequence_length = max_sequence_length
+        self.text_batch_size = text_batch_size
+        self.progress = progress or (lambda _label, _total: None)
+        self._dtype_name = str(dtype).removeprefix("torch.")
+
+    # ---- keys ----------------------------------------------------------------------------------------------
+    def text_key(self, caption: str) -> str:
+        return cache_key({"kind": "text", "caption": caption, "encoder": self.family.loader.identity("text_encoder"),
+                          "tokenizer": self.family.loader.identity("tokenizer"), "family": self.family.name,
+                          "max_len": self.max_sequence_length, "dtype": self._dtype_name})
+
+    def latent_key(self, sample: Sample, window: int) -> str:
+        return cache_key({
+            "kind": "latent", "path": str(sample.path.resolve()), "size": sample.size_bytes,
+            "mtime_ns": sample.mtime_ns, "start": sample.window_starts[window], "frames": sample.bucket.num_frames,
+            "fps": sample.frame_rate, "bucket": [sample.bucket.width, sample.bucket.height], "crop": "center",
+            "family": self.family.name, "vae": self.family.loader.identity("vae"), "dtype": self._dtype_name,
+        })
+
+    # ---- phases --------------------------------------------------------------------------------------------
+    def build(self, samples: list[Sample], extra_prompts: Iterable[str] = ()) -> CacheIndex:
+        captions = sorted({c for s in samples for c in s.captions} | {""} | set(extra_prompts))
+        self.build_text(captions)
+        self.build_latents(samples)
+        return self.index
+
+    def build_text(self, captions: list[str]) -> None:
+        keys = {c: self.text_key(c) for c in captions}
+        self.index.caption_keys.update(keys)
+        missing = [c for c in captions if not self.index.text.has(keys[c])]
+        self.index.stats["text_entries"] = len(captions)
+        self.index.stats["text_encoded"] = len(missing)
+        if not missing:
+            return
+        start = time.perf_counter()
+        tokenizer, encoder = self.family.load_text_encoder(self.dtype)
+        encoder.requires_grad_(False).eval().to(self.device)
+        bar = self.progress("text embeddings", len(missing))
+        for i in range(0, len(missing), self.text_batch_size):
+            chunk = missing[i : i + self.text_batch_size]
+            for caption, tensors in zip(chunk, self.family.encode_text(tokenizer, encoder, chunk,
+                                                                        self.max_sequence_length), strict=True):
+                self.index.text.save(keys[caption], {k: v.to(self.dtype) for k, v in tensors.items()},
+                                     {"caption": caption[:2000]})
+            if bar is not None:
+                bar(len(chunk))
+        _free(encoder)
+        del encoder, tokenizer
+        gc.collect()
+        self.index.stats["text_seconds"] = time.perf_counter() - start
+
+    def build_latents(self, samples: list[Sample]) -> None:
+        todo = []
+        for i, sample in enumerate(samples):
+            for window in range(len(sample.window_starts)):
+                key = self.latent_key(sample, window)
+                self.index.latent_keys[(i, window)] = key
+                if not self.index.latents[sample.dataset_id].has(key):
+                    todo.append((i, window, key))
+        self.index.stats["latent_entries"] = len(self.index.latent_keys)
+        self.index.stats["latent_encoded"] = len(todo)
+        if not todo:
+            return
+        start = time.perf_counter()
+        frames = 0
+        vae = self.family.load_vae(self.dtype)
+        vae.requires_grad_(False).eval().to(self.device)
+        bar = self.progress("video latents", len(todo))
+        for i, window, key in todo:
+            sample = samples[i]
+            pixels = load_pixels(sample, window).unsqueeze(0)
+            frames += pixels.shape[2]
+            (tensors,) = self.family.encode_video(vae, pixels)
+            meta = {"path": str(sample.path), "start": str(sample.window_starts[window]),
+                    "bucket": sample.bucket.key}
+            self.index.latents[sample.dataset_id].save(key, {k: v.to(self.dtype) for k, v in tensors.items()}, meta)
+            if bar is not None:
+                bar(1)
+        _free(vae)
+        del vae
+        gc.collect()
+        seconds = time.perf_counter() - start
+        self.index.stats.update(latent_seconds=seconds, latent_frames=frames)

@@ -1,0 +1,172 @@
+"""`cinetune` command line: train, cache, check, export, demo. Errors a user can fix exit with code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.logging import RichHandler
+
+from cinetune.errors import CinetuneError, ConfigError
+
+console = Console(stderr=False)
+_DEFAULT_CONFIGS = (Path("config/config.json"), Path("config/config.toml"))
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", datefmt="[%X]",
+                        handlers=[RichHandler(console=Console(stderr=True), show_path=False)], force=True)
+    for noisy in ("httpx", "urllib3", "PIL", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _config_path(arg: str | None) -> Path | None:
+    if arg:
+        return Path(arg)
+    return next((p for p in _DEFAULT_CONFIGS if p.exists()), None)
+
+
+def _load(args: argparse.Namespace, extra: list[str]):
+    from cinetune.config import load_config, parse_overrides
+
+    overrides = parse_overrides(extra)
+    path = _config_path(args.config)
+    if path is None and "model_family" not in overrides:
+        raise ConfigError("no config: write config/config.json (see examples/) or pass --config PATH")
+    return load_config(path, overrides)
+
+
+def _launch_distributed(args: argparse.Namespace, extra: list[str], num_processes: int) -> int:
+    """Re-run this command under torchrun with N processes (DDP through accelerate)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={num_processes}",
+           "-m", "cinetune.cli", args.command]
+    if args.config:
+        cmd += ["--config", args.config]
+    cmd += [*extra, f"--num_processes={num_processes}"]
+    console.print(f"launching {num_processes} processes: {' '.join(cmd)}")
+    return subprocess.call(cmd)
+
+
+def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
+    loaded = _load(args, extra)
+    if loaded.train.num_processes > 1 and "WORLD_SIZE" not in os.environ:
+        return _launch_distributed(args, extra, loaded.train.num_processes)
+    from cinetune.training.trainer import Trainer
+
+    trainer = Trainer(loaded)
+    _snapshot_config(loaded, trainer.acc.is_main_process)
+    result = trainer.run()
+    if trainer.acc.is_main_process:
+        _print_outputs(result, loaded.train.output_dir)
+    return 0
+
+
+def _snapshot_config(loaded: Any, is_main: bool) -> None:
+    if not is_main:
+        return
+    out = Path(loaded.train.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "cinetune_config.json").write_text(loaded.train.model_dump_json(indent=2))
+    (out / "cinetune_datasets.json").write_text(json.dumps(loaded.data.model_dump(mode="json")["datasets"], indent=2))
+
+
+def _print_outputs(result: dict[str, Any], output_dir: Path) -> None:
+    losses = result.get("losses") or [float("nan")]
+    console.print(f"[bold green]done[/]: {result['steps']} steps, loss {losses[0]:.4f} -> {losses[-1]:.4f}")
+    for label in ("lora", "comfyui"):
+        if result.get(label):
+            console.print(f"  {label:8s} {result[label]}")
+    for video in result.get("videos", []):
+        console.print(f"  video    {video}")
+    console.print(f"  metrics  {Path(output_dir) / 'metrics.jsonl'}")
+
+
+def cmd_cache(args: argparse.Namespace, extra: list[str]) -> int:
+    from cinetune.training.trainer import Trainer
+
+    trainer = Trainer(_load(args, extra))
+    trainer.cfg.output_dir.mkdir(parents=True, exist_ok=True)
+    trainer.scan()
+    index = trainer.cache()
+    console.print(f"cache ready: {len(index.caption_keys)} captions, {len(index.latent_keys)} latents "
+                  f"({json.dumps({k: round(v, 3) for k, v in index.stats.items()})})")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace, extra: list[str]) -> int:
+    from cinetune.check import check_report
+
+    loaded = _load(args, extra)
+    report, ok = check_report(loaded)
+    console.print(report)
+    return 0 if ok else 2
+
+
+def cmd_export(args: argparse.Namespace, extra: list[str]) -> int:
+    from cinetune.export.lora import DIFFUSERS_FILE, export_comfyui
+    from cinetune.models.registry import family_class
+
+    if extra:
+        raise ConfigError(f"export: unexpected arguments {' '.join(extra)}")
+    output_dir = Path(args.output_dir)
+    family_name = args.model_family
+    snapshot = output_dir / "cinetune_config.json"
+    if family_name is None and snapshot.exists():
+        family_name = json.loads(snapshot.read_text())["model_family"]
+    if family_name is None:
+        raise ConfigError(f"export: {snapshot} not found; pass --model_family")
+    if args.format == "diffusers":
+        console.print(f"diffusers LoRA: {output_dir / DIFFUSERS_FILE}")
+        return 0
+    path = export_comfyui(output_dir, family_class(family_name).comfyui_renames)
+    console.print(f"ComfyUI LoRA written: {path}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, extra: list[str]) -> int:
+    from cinetune.demo import run_demo
+
+    result = run_demo(Path(args.output_dir), extra)
+    _print_outputs(result, Path(args.output_dir) / "output")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cinetune", description="Fine-tune video diffusion models on your clips.")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, helptext in (("train", "train a LoRA"), ("cache", "build latent and text-embedding caches only"),
+                           ("check", "validate config and dataset, print a report, train nothing")):
+        p = sub.add_parser(name, help=helptext, description=f"{helptext}. Any config key: --key=value.")
+        p.add_argument("--config", help="config.json or config.toml (default: config/config.json)")
+    p = sub.add_parser("export", help="write the LoRA of OUTPUT_DIR in another format")
+    p.add_argument("output_dir")
+    p.add_argument("--format", choices=["comfyui", "diffusers"], default="comfyui")
+    p.add_argument("--model_family", default=None)
+    p = sub.add_parser("demo", help="train a tiny model on built-in synthetic clips")
+    p.add_argument("--output_dir", default="demo_output")
+    return parser
+
+
+COMMANDS = {"train": cmd_train, "cache": cmd_cache, "check": cmd_check, "export": cmd_export, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, extra = build_parser().parse_known_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return COMMANDS[args.command](args, extra)
+    except CinetuneError as exc:
+        Console(stderr=True).print(f"[bold red]error[/]: {exc}", highlight=False)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

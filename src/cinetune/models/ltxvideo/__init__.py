@@ -1,0 +1,5 @@
+"""LTX-Video 0.9.x (Lightricks) on diffusers' LTXVideoTransformer3DModel / AutoencoderKLLTXVideo / LTXPipeline."""
+
+from cinetune.models.ltxvideo.family import LTXVideoFamily
+
+__all__ = ["LTXVideoFamily"]

@@ -1,0 +1,76 @@
+"""Tiny random LTX-Video components built from the real diffusers/transformers classes.
+
+The VAE keeps the real compression (32x spatial, 8x temporal: patch 4 and three spatio-temporal downsamplings),
+so the tiny model obeys the same frame rule (8k+1) and spatial multiple (32) as the released ones.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXPipeline, LTXVideoTransformer3DModel
+from transformers import T5Config, T5EncoderModel, T5Tokenizer
+
+TINY_LATENT_CHANNELS = 16
+TINY_TEXT_DIM = 32
+_WORDS = (
+    "a an the of in on at with and to is are video clip shot scene person man woman child dog cat bird car "
+    "tree sky sea water city street room light dark red blue green yellow white black walks runs jumps "
+    "flies sits stands looks slowly quickly camera pans zooms close up wide view sunset night day rain snow"
+).split()
+
+
+def tiny_tokenizer() -> T5Tokenizer:
+    """A unigram T5 tokenizer built offline: whole words plus single letters, so any text tokenizes."""
+    pieces = ["<pad>", "</s>", "<unk>"] + [f"▁{w}" for w in _WORDS] + list("abcdefghijklmnopqrstuvwxyz0123456789")
+    vocab = [(piece, -float(i)) for i, piece in enumerate(pieces)]
+    return T5Tokenizer(vocab=vocab, extra_ids=0)
+
+
+def tiny_components(seed: int = 0) -> dict:
+    """Fresh tiny components with deterministic random weights (the keys of LTXPipeline)."""
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer()
+    text_encoder = T5EncoderModel(
+        T5Config(
+            vocab_size=len(tokenizer), d_model=TINY_TEXT_DIM, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+            relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+        )
+    )
+    transformer = LTXVideoTransformer3DModel(
+        in_channels=TINY_LATENT_CHANNELS, out_channels=TINY_LATENT_CHANNELS, patch_size=1, patch_size_t=1,
+        num_attention_heads=4, attention_head_dim=8, cross_attention_dim=32, num_layers=2,
+        caption_channels=TINY_TEXT_DIM,
+    )
+    vae = AutoencoderKLLTXVideo(
+        latent_channels=TINY_LATENT_CHANNELS,
+        block_out_channels=(8, 8, 8, 8),
+        decoder_block_out_channels=(8, 8, 8, 8),
+        layers_per_block=(1, 1, 1, 1, 1),
+        decoder_layers_per_block=(1, 1, 1, 1, 1),
+        spatio_temporal_scaling=(True, True, True, False),
+        decoder_spatio_temporal_scaling=(True, True, True, False),
+        decoder_inject_noise=(False, False, False, False, False),
+        upsample_residual=(False, False, False, False),
+        upsample_factor=(1, 1, 1, 1),
+        patch_size=4,
+        patch_size_t=1,
+        encoder_causal=True,
+        decoder_causal=False,
+    )
+    # Non-trivial per-channel statistics, so tests catch a missing or inverted normalization.
+    generator = torch.Generator().manual_seed(seed + 1)
+    vae.latents_mean.copy_(torch.randn(TINY_LATENT_CHANNELS, generator=generator) * 0.1)
+    vae.latents_std.copy_(torch.rand(TINY_LATENT_CHANNELS, generator=generator) * 0.5 + 0.75)
+    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.95, max_shift=2.05,
+                                                base_image_seq_len=1024, max_image_seq_len=4096, shift_terminal=0.1)
+    return {"transformer": transformer, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer,
+            "scheduler": scheduler}
+
+
+def save_tiny_checkpoint(folder: Path, seed: int = 0) -> Path:
+    """Write a tiny LTX-Video pipeline in the real diffusers folder layout (model_index.json + subfolders)."""
+    pipe = LTXPipeline(**tiny_components(seed))
+    pipe.save_pretrained(folder)
+    return folder

@@ -1,0 +1,99 @@
+"""Resumable checkpoints: LoRA weights, optimizer, scheduler, train state and every rank's RNG states.
+
+A checkpoint is written into a temporary folder and renamed into place, so a crash mid-write never leaves a
+folder that looks complete; `checkpoints_total_limit` prunes the oldest ones.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+
+from cinetune.errors import ConfigError
+from cinetune.training.state import TrainState, load_rng_state, rng_state
+
+logger = logging.getLogger(__name__)
+_NAME = re.compile(r"^checkpoint-(\d+)$")
+LORA_FILE = "lora.safetensors"
+
+
+def list_checkpoints(output_dir: Path) -> list[Path]:
+    found = [p for p in Path(output_dir).glob("checkpoint-*") if p.is_dir() and _NAME.match(p.name)]
+    return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))
+
+
+def resolve_checkpoint(output_dir: Path, spec: str | None) -> Path | None:
+    """'latest' -> newest complete checkpoint (None if there is none yet); a path -> that folder."""
+    if not spec:
+        return None
+    if spec == "latest":
+        found = list_checkpoints(output_dir)
+        return found[-1] if found else None
+    path = Path(spec)
+    if not path.is_absolute() and not path.exists():
+        path = Path(output_dir) / spec
+    if not (path / "state.json").exists():
+        raise ConfigError(f"resume_from_checkpoint: '{spec}' is not a checkpoint folder (no state.json in {path})")
+    return path
+
+
+class Checkpointer:
+    def __init__(self, output_dir: Path, total_limit: int | None, accelerator: Any) -> None:
+        self.output_dir = Path(output_dir)
+        self.total_limit = total_limit
+        self.accelerator = accelerator
+
+    def save(self, step: int, model: torch.nn.Module, optimizer: Any, scheduler: Any, state: TrainState) -> Path:
+        acc = self.accelerator
+        final = self.output_dir / f"checkpoint-{step}"
+        tmp = self.output_dir / f".tmp-checkpoint-{step}"
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            lora = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
+            save_file(lora, str(tmp / LORA_FILE))
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+            (tmp / "state.json").write_text(json.dumps({**state.state_dict(), "world_size": acc.num_processes}))
+        acc.wait_for_everyone()
+        torch.save(rng_state(state.generator), tmp / f"rng_{acc.process_index}.pt")
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+            self._prune()
+            logger.info("saved checkpoint %s", final)
+        acc.wait_for_everyone()
+        return final
+
+    def _prune(self) -> None:
+        if not self.total_limit:
+            return
+        found = list_checkpoints(self.output_dir)
+        for old in found[: max(0, len(found) - self.total_limit)]:
+            shutil.rmtree(old, ignore_errors=True)
+            logger.info("removed old checkpoint %s (checkpoints_total_limit=%d)", old, self.total_limit)
+
+    def load(self, path: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any, state: TrainState) -> None:
+        meta = json.loads((path / "state.json").read_text())
+        if meta.get("world_size", 1) != self.accelerator.num_processes:
+            raise ConfigError(f"checkpoint {path} was written by {meta.get('world_size')} process(es); resume it "
+                              f"with the same number (now {self.accelerator.num_processes})")
+        lora = load_file(str(path / LORA_FILE))
+        result = set_peft_model_state_dict(model, lora)
+        if getattr(result, "unexpected_keys", None):
+            raise ConfigError(f"checkpoint {path} does not match this LoRA setup: unexpected {result.unexpected_keys[:3]}")
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+        state.load_state_dict(meta)
+        load_rng_state(torch.load(path / f"rng_{self.accelerator.process_index}.pt", weights_only=False),
+                       state.generator)
+        logger.info("resumed from %s at step %d", path, state.step)

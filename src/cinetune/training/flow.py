@@ -1,0 +1,35 @@
+"""Flow-matching math as pure functions. sigma = 1 is pure noise; x_t = (1 - sigma) x0 + sigma eps."""
+
+from __future__ import annotations
+
+import torch
+
+
+def sample_sigmas(batch_size: int, mu: float, sampler: str, generator: torch.Generator) -> torch.Tensor:
+    """(batch_size,) training sigmas in (0, 1).
+
+    shifted_logit_normal: sigmoid(n), n ~ N(mu, 1), as both LTX trainers draw them (mu from the token count).
+    uniform: U(0, 1).
+    """
+    if sampler == "shifted_logit_normal":
+        return torch.sigmoid(torch.randn(batch_size, generator=generator) + mu)
+    if sampler == "uniform":
+        return torch.rand(batch_size, generator=generator)
+    raise ValueError(f"unknown sigma sampler '{sampler}'")
+
+
+def flow_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """MSE between predicted and target velocity; with a (B, N) token mask: mean(L * m) / mean(m)."""
+    err = (pred.float() - target.float()) ** 2
+    if mask is None:
+        return err.mean()
+    m = mask.to(err.dtype).unsqueeze(-1).expand_as(err)
+    return (err * m).sum() / m.sum().clamp(min=1.0)
+
+
+def sample_latents(latents: torch.Tensor, latents_std: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
+    """Draw x0 from the cached (normalized) posterior: mean + std * eps. Without a std, the mean itself."""
+    if latents_std is None:
+        return latents
+    eps = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(latents.device, latents.dtype)
+    return latents + latents_std * eps

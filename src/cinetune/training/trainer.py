@@ -1,0 +1,260 @@
+"""The training run: load -> cache -> prepare -> train -> export, each a named phase."""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from peft import LoraConfig, set_peft_model_state_dict
+from safetensors.torch import load_file
+
+from cinetune.cache.builder import CacheBuilder, CacheIndex
+from cinetune.config import LoadedConfig
+from cinetune.data import SkipReport, scan_datasets
+from cinetune.errors import ConfigError
+from cinetune.export.lora import COMFYUI_FILE, export_comfyui, save_diffusers_lora
+from cinetune.models.registry import build_family
+from cinetune.training.batches import load_batch
+from cinetune.training.checkpoint import Checkpointer, resolve_checkpoint
+from cinetune.training.metrics import MetricsLog, make_progress
+from cinetune.training.optim import build_optimizer, build_scheduler
+from cinetune.training.sampler import Item, check_batchable, epoch_batches
+from cinetune.training.state import TrainState
+from cinetune.training.step import compute_loss
+from cinetune.training.validation import Validator, validation_prompts
+
+logger = logging.getLogger(__name__)
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": torch.float32, "fp32": torch.float32}
+
+
+def make_accelerator(cfg: Any) -> Accelerator:
+    use_cpu = cfg.cpu or not torch.cuda.is_available()
+    trackers = None if cfg.report_to == "none" else cfg.report_to
+    if trackers == "wandb":
+        try:
+            import wandb  # noqa: F401
+        except ImportError as exc:
+            raise ConfigError("report_to: 'wandb' needs the wandb package (pip install wandb)") from exc
+    mixed = cfg.mixed_precision if not (use_cpu and cfg.mixed_precision == "fp16") else "no"
+    if mixed != cfg.mixed_precision:
+        logger.warning("fp16 mixed precision needs a GPU; training in fp32 on the CPU")
+    return Accelerator(mixed_precision=mixed, cpu=use_cpu, log_with=trackers, project_dir=str(cfg.output_dir))
+
+
+class Trainer:
+    def __init__(self, loaded: LoadedConfig, accelerator: Accelerator | None = None) -> None:
+        self.cfg = loaded.train
+        self.data_cfg = loaded.data
+        self.acc = accelerator or make_accelerator(self.cfg)
+        self.family = build_family(self.cfg.model_family, self.cfg.model_flavour,
+                                   self.cfg.pretrained_model_name_or_path)
+        self.device = self.acc.device
+        self.dtype = _DTYPES[self.acc.mixed_precision]
+        self.weight_dtype = (self.dtype if self.cfg.base_model_precision == "no_change"
+                             else _DTYPES[self.cfg.base_model_precision])
+        self.output_dir = Path(self.cfg.output_dir)
+        self.report = SkipReport()
+        self.state = TrainState(generator=torch.Generator().manual_seed(self.cfg.seed + 7919 * self.acc.process_index))
+        self.max_sequence_length = self.cfg.max_sequence_length or self.family.default_max_sequence_length
+
+    # ---- phases --------------------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        set_seed(self.cfg.seed)
+        self.scan()
+        self.cache()
+        self.prepare()
+        self.train()
+        return self.export()
+
+    def scan(self) -> None:
+        self.samples = scan_datasets(self.data_cfg.media, self.family.frame_rule, self.cfg.frame_rate,
+                                     self.cfg.seed, self.report)
+        if self.acc.is_main_process:
+            self.report.save(self.output_dir)
+            if len(self.report):
+                logger.warning("skipped %d file(s):\n%s", len(self.report), self.report.summary())
+
+    def cache_roots(self) -> tuple[Path, dict[str, Path]]:
+        embeds = self.data_cfg.text_embeds
+        text_root = (embeds.cache_dir if embeds and embeds.cache_dir else self.output_dir / "cache" / "text")
+        latent_roots = {d.id: d.cache_dir_vae or self.output_dir / "cache" / "vae" / d.id for d in self.data_cfg.media}
+        return Path(text_root), {k: Path(v) for k, v in latent_roots.items()}
+
+    def cache(self) -> CacheIndex:
+        text_root, latent_roots = self.cache_roots()
+        embeds = self.data_cfg.text_embeds
+        builder = CacheBuilder(self.family, text_root=text_root, latent_roots=latent_roots, device=self.device,
+                               dtype=self.weight_dtype, max_sequence_length=self.max_sequence_length,
+                               text_batch_size=embeds.write_batch_size if embeds else 16)
+        extra = set(validation_prompts(self.cfg).values()) | {self.cfg.validation_negative_prompt}
+        # The main process builds what is missing; the others then find every entry on disk.
+        with self.acc.main_process_first():
+            self.index = builder.build(self.samples, extra)
+        return self.index
+
+    def prepare(self) -> None:
+        cfg = self.cfg
+        transformer = self.family.load_transformer(self.weight_dtype)
+        transformer.requires_grad_(False)
+        targets = cfg.lora_target_modules or list(self.family.default_lora_targets)
+        self.lora_config = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.effective_lora_alpha, target_modules=targets,
+                                      lora_dropout=cfg.lora_dropout, init_lora_weights=_peft_init(cfg.lora_init_type))
+        try:
+            transformer.add_adapter(self.lora_config)
+        except ValueError as exc:
+            raise ConfigError(f"lora_target_modules {targets}: {exc}") from exc
+        params = [p for p in transformer.parameters() if p.requires_grad]
+        for p in params:  # LoRA weights and optimizer state in fp32, frozen weights in weight_dtype
+            p.data = p.data.float()
+        if cfg.init_lora:
+            _load_init_lora(transformer, cfg.init_lora)
+        if cfg.gradient_checkpointing:
+            transformer.enable_gradient_checkpointing()
+        transformer.train()
+        self.items = [Item(i, f"{s.bucket.key}@{s.frame_rate:g}fps")
+                      for i, s in enumerate(self.samples) for _ in range(self._repeats(s.dataset_id) + 1)]
+        check_batchable(self.items, cfg.train_batch_size, self.acc.num_processes)
+        batches = len(epoch_batches(self.items, cfg.train_batch_size, cfg.seed, 0, self.acc.process_index,
+                                    self.acc.num_processes))
+        self.steps_per_epoch = max(1, batches // cfg.gradient_accumulation_steps)
+        self.total_steps = cfg.max_train_steps or cfg.num_train_epochs * self.steps_per_epoch
+        optimizer = build_optimizer(params, cfg)
+        self.scheduler = build_scheduler(optimizer, cfg, self.total_steps)
+        self.model, self.optimizer = self.acc.prepare(transformer, optimizer)
+        self.params = params
+        self.checkpointer = Checkpointer(self.output_dir, cfg.checkpoints_total_limit, self.acc)
+        resume = resolve_checkpoint(self.output_dir, cfg.resume_from_checkpoint)
+        if resume is not None:
+            self.checkpointer.load(resume, self.acc.unwrap_model(self.model), self.optimizer, self.scheduler,
+                                   self.state)
+        self.validator = self._make_validator()
+        self.metrics = MetricsLog(self.output_dir, self.acc, cfg.report_to != "none")
+        if cfg.report_to != "none":
+            self.acc.init_trackers(cfg.tracker_project_name, config=_flat_config(cfg))
+
+    def _repeats(self, dataset_id: str) -> int:
+        return next(d.repeats for d in self.data_cfg.media if d.id == dataset_id)
+
+    def _make_validator(self) -> Validator | None:
+        cfg = self.cfg
+        if cfg.disable_validation or not validation_prompts(cfg) or not self.acc.is_main_process:
+            return None
+        vae = self.family.load_vae(self.weight_dtype).requires_grad_(False).eval()
+        vae.to("cpu" if cfg.offload_during_startup else self.device)
+        return Validator(self.family, cfg, self.index, vae, self.family.load_scheduler(), self.device,
+                         self.dtype, offload_vae=cfg.offload_during_startup)
+
+    # ---- the loop ------------------------------------------------------------------------------------------
+    def train(self) -> None:
+        cfg, state = self.cfg, self.state
+        self.losses: list[float] = []
+        accum = cfg.gradient_accumulation_steps
+        with make_progress(self.acc.is_main_process) as progress:
+            task = progress.add_task("train", total=self.total_steps, completed=state.step, loss=0.0, lr=0.0, sps=0.0)
+            while state.step < self.total_steps:
+                batches = epoch_batches(self.items, cfg.train_batch_size, cfg.seed, state.epoch,
+                                        self.acc.process_index, self.acc.num_processes)
+                usable = len(batches) // accum * accum
+                while state.batch_in_epoch < usable and state.step < self.total_steps:
+                    start = time.perf_counter()
+                    group = batches[state.batch_in_epoch : state.batch_in_epoch + accum]
+                    loss, grad_norm = self.optimizer_step(group)
+                    state.batch_in_epoch += accum
+                    state.step += 1
+                    seconds = time.perf_counter() - start
+                    lr = self.scheduler.get_last_lr()[0]
+                    self.losses.append(loss)
+                    progress.update(task, completed=state.step, loss=loss, lr=lr, sps=seconds)
+                    if state.step % cfg.logging_steps == 0 or state.step == self.total_steps:
+                        self.metrics.log(state.step, {"loss": loss, "lr": lr, "grad_norm": grad_norm,
+                                                      "epoch": state.epoch, "s_per_step": seconds})
+                    self.periodic(state.step)
+                if state.batch_in_epoch >= usable:
+                    state.epoch += 1
+                    state.batch_in_epoch = 0
+
+    def optimizer_step(self, group: list[list[int]]) -> tuple[float, float]:
+        total = 0.0
+        for n, indices in enumerate(group):
+            batch = load_batch(indices, self.samples, self.index, self.family, self.state.epoch, self.state.generator,
+                               self.cfg.caption_dropout_probability, self.cfg.vae_latent_sampling == "sample")
+            sync = n == len(group) - 1
+            context = self.acc.no_sync(self.model) if not sync else nullcontext()
+            with context:
+                loss = compute_loss(self.family, self.model, batch, self.state.generator, self.cfg.flow_sigma_sampler,
+                                    self.device, self.weight_dtype)
+                self.acc.backward(loss / len(group))
+            total += loss.detach().float().item() / len(group)
+        grad_norm = 0.0
+        if self.cfg.max_grad_norm > 0:
+            grad_norm = float(self.acc.clip_grad_norm_(self.params, self.cfg.max_grad_norm))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        mean = self.acc.reduce(torch.tensor(total, device=self.device), reduction="mean")
+        return float(mean), grad_norm
+
+    def periodic(self, step: int) -> None:
+        cfg = self.cfg
+        last = step == self.total_steps
+        if cfg.checkpointing_steps and step % cfg.checkpointing_steps == 0 and not last:
+            self.checkpointer.save(step, self.acc.unwrap_model(self.model), self.optimizer, self.scheduler,
+                                   self.state)
+        if cfg.validation_steps and step % cfg.validation_steps == 0 and not last:
+            self.validate(step)
+
+    def validate(self, step: int) -> list[Path]:
+        written = []
+        if self.validator is not None:
+            written = self.validator.run(step, self.acc.unwrap_model(self.model), self.output_dir,
+                                         on_video=lambda name, v: self.metrics.log_video_frames(step, name, v))
+        self.acc.wait_for_everyone()
+        return written
+
+    # ---- outputs -------------------------------------------------------------------------------------------
+    def export(self) -> dict[str, Any]:
+        step = self.state.step
+        if self.cfg.checkpointing_steps:
+            self.checkpointer.save(step, self.acc.unwrap_model(self.model), self.optimizer, self.scheduler,
+                                   self.state)
+        videos = self.validate(step)
+        result: dict[str, Any] = {"steps": step, "losses": self.losses, "videos": [str(v) for v in videos]}
+        if self.acc.is_main_process:
+            config = self.lora_config.to_dict()
+            config["target_modules"] = sorted(config["target_modules"])
+            result["lora"] = str(save_diffusers_lora(self.output_dir, self.family.pipeline_class,
+                                                     self.acc.unwrap_model(self.model), config))
+            result["comfyui"] = str(export_comfyui(self.output_dir, self.family.comfyui_renames))
+            logger.info("LoRA written: %s and %s", result["lora"], self.output_dir / COMFYUI_FILE)
+        self.acc.wait_for_everyone()
+        self.acc.end_training()
+        return result
+
+
+def _peft_init(kind: str) -> Any:
+    return {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}[kind]
+
+
+def _load_init_lora(model: torch.nn.Module, path: Path) -> None:
+    if not Path(path).exists():
+        raise ConfigError(f"init_lora: file not found: {path}")
+    state = {k.removeprefix("transformer."): v for k, v in load_file(str(path)).items()}
+    result = set_peft_model_state_dict(model, state)
+    if getattr(result, "unexpected_keys", None):
+        raise ConfigError(f"init_lora: {path} does not match this model / lora_target_modules "
+                          f"(unexpected keys such as {result.unexpected_keys[0]})")
+
+
+def _flat_config(cfg: Any) -> dict[str, Any]:
+    out = {}
+    for key, value in cfg.model_dump().items():
+        out[key] = value if isinstance(value, int | float | str | bool) else str(value)
+    return out
+

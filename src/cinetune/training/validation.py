@@ -1,0 +1,95 @@
+"""Validation videos: each prompt x resolution through the family's diffusers pipeline with the current LoRA."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cinetune.cache.builder import CacheIndex
+from cinetune.config import TrainConfig
+from cinetune.data import write_video
+from cinetune.errors import ConfigError
+from cinetune.models.base import ModelFamily
+
+logger = logging.getLogger(__name__)
+
+
+def validation_prompts(cfg: TrainConfig) -> dict[str, str]:
+    """name -> prompt, from validation_prompt and validation_prompt_library (a JSON file or an object)."""
+    prompts: dict[str, str] = {}
+    if cfg.validation_prompt:
+        prompts["validation"] = cfg.validation_prompt
+    library = cfg.validation_prompt_library
+    if isinstance(library, Path):
+        if not library.exists():
+            raise ConfigError(f"validation_prompt_library: file not found: {library}")
+        try:
+            library = json.loads(library.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"validation_prompt_library: {library} is not valid JSON: {exc}") from exc
+        if not isinstance(library, dict):
+            raise ConfigError("validation_prompt_library: expected a JSON object of name: prompt")
+    for name, prompt in (library or {}).items():
+        prompts[re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name))] = str(prompt)
+    return prompts
+
+
+class Validator:
+    def __init__(self, family: ModelFamily, cfg: TrainConfig, cache: CacheIndex, vae: torch.nn.Module,
+                 scheduler: Any, device: torch.device, dtype: torch.dtype, offload_vae: bool) -> None:
+        self.family, self.cfg, self.cache = family, cfg, cache
+        self.vae, self.scheduler = vae, scheduler
+        self.device, self.dtype, self.offload_vae = device, dtype, offload_vae
+        self.prompts = validation_prompts(cfg)
+        rule = family.frame_rule
+        self.num_frames = rule.adjust_frames(cfg.validation_num_video_frames, "validation_num_video_frames")
+        self.sizes = []
+        for width, height in cfg.resolutions:
+            size = (rule.side_down(width), rule.side_down(height))
+            if size != (width, height):
+                logger.warning("validation_resolution %dx%d is not a multiple of %d; using %dx%d", width, height,
+                               rule.spatial_multiple, *size)
+            self.sizes.append(size)
+
+    @torch.no_grad()
+    def run(self, step: int, model: torch.nn.Module, output_dir: Path,
+            on_video: Any = None) -> list[Path]:
+        """Write OUTPUT_DIR/validation/step_N/<prompt>_<W>x<H>.mp4 for every prompt and resolution."""
+        folder = Path(output_dir) / "validation" / f"step_{step}"
+        folder.mkdir(parents=True, exist_ok=True)
+        was_training = model.training
+        model.eval()
+        if self.offload_vae:
+            self.vae.to(self.device)
+        pipe = self.family.build_pipeline(model, self.vae, self.scheduler)
+        pipe.set_progress_bar_config(disable=True)
+        negative = self.cache.text_embeds(self.cfg.validation_negative_prompt)
+        written = []
+        seed = self.cfg.validation_seed if self.cfg.validation_seed is not None else self.cfg.seed
+        for name, prompt in self.prompts.items():
+            text = self.family.pipeline_text_kwargs(self.cache.text_embeds(prompt), negative)
+            text = {k: v.to(self.device) for k, v in text.items()}
+            for width, height in self.sizes:
+                generator = torch.Generator(device="cpu").manual_seed(seed)
+                with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+                    frames = pipe(**text, width=width, height=height, num_frames=self.num_frames,
+                                  guidance_scale=self.cfg.validation_guidance,
+                                  num_inference_steps=self.cfg.validation_num_inference_steps,
+                                  generator=generator, frame_rate=self.cfg.frame_rate, output_type="np").frames[0]
+                video = (np.clip(np.asarray(frames, dtype=np.float32), 0, 1) * 255).round().astype(np.uint8)
+                path = folder / f"{name}_{width}x{height}.mp4"
+                write_video(path, video, self.cfg.frame_rate)
+                written.append(path)
+                if on_video is not None:
+                    on_video(f"{name}_{width}x{height}", video)
+        if self.offload_vae:
+            self.vae.to("cpu")
+        model.train(was_training)
+        logger.info("validation videos for step %d in %s", step, folder)
+        return written

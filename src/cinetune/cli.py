@@ -13,6 +13,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 from cinetune.errors import CinetuneError, ConfigError
 
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args, extra)
     except CinetuneError as exc:
-        Console(stderr=True).print(f"[bold red]error[/]: {exc}", highlight=False)
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]error[/]: {escape(str(exc))}", highlight=False)
         return exc.exit_code
 
 

@@ -90,7 +90,7 @@ def probe(path: Path) -> MediaInfo:
         return _probe_image(path)
     try:
         with av.open(str(path)) as container:
-            return _probe_container(container)
+            return _probe_container(container, size)
     except av.FFmpegError as exc:
         raise MediaError(f"cannot be decoded: {_short(exc)}") from exc
 
@@ -112,14 +112,18 @@ def _probe_image(path: Path) -> MediaInfo:
     return MediaInfo(num_frames=1, fps=0.0, width=width, height=height, has_audio=False, is_image=True)
 
 
-def _probe_container(container: av.container.InputContainer) -> MediaInfo:
+def _probe_container(container: av.container.InputContainer, file_size: int) -> MediaInfo:
     if not container.streams.video:
         raise MediaError("no video stream")
     stream = container.streams.video[0]
+    if stream.codec_context is None:  # e.g. an mp4 cut inside its trailing moov atom
+        raise MediaError("cannot be decoded: the video stream has no usable codec parameters")
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
     if not rate or rate <= 0:
         raise MediaError("unknown frame rate")
     header_count = stream.frames if stream.frames and stream.frames > 0 else 0
+    if header_count and _data_end(stream) > file_size:
+        raise MediaError("truncated: the file ends before its last frame")
     packets, first = 0, None
     for packet in container.demux(stream):
         if packet.size == 0:
@@ -144,6 +148,17 @@ def _probe_container(container: av.container.InputContainer) -> MediaInfo:
         has_audio=bool(container.streams.audio),
         is_image=False,
     )
+
+
+def _data_end(stream: av.video.stream.VideoStream) -> int:
+    """Byte offset where the last frames' data ends, per the container index (0 when it has none).
+
+    A copy cut off mid-transfer keeps an mp4 header that promises every frame; comparing the index with the
+    file size catches it here instead of at caching time. The last few entries cover reordered frames.
+    """
+    entries = getattr(stream, "index_entries", None) or []  # PyAV < 15 has no index access
+    tail = [entries[i] for i in range(max(0, len(entries) - 8), len(entries))]
+    return max((entry.pos + entry.size for entry in tail if entry.size > 0), default=0)
 
 
 def _normal_rotation(degrees: int) -> int:

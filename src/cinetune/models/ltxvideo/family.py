@@ -64,23 +64,25 @@ class LTXVideoFamily(ModelFamily):
         self.loader = loader
 
     # ---- loading -------------------------------------------------------------------------------------------
-    def _tiny(self, key: str) -> Any:
-        return tiny.tiny_components()[key]
+    def _tiny(self, key: str, dtype: torch.dtype | None = None) -> Any:
+        module = tiny.tiny_components()[key]
+        # Built in fp32; cast only when asked for another dtype (diffusers warns on every .to(dtype)).
+        return module if dtype in (None, torch.float32) else module.to(dtype)
 
     def load_text_encoder(self, dtype: torch.dtype) -> tuple[Any, torch.nn.Module]:
         if self.loader.is_builtin_tiny:
-            return tiny.tiny_tokenizer(), self._tiny("text_encoder").to(dtype)
+            return tiny.tiny_tokenizer(), self._tiny("text_encoder", dtype)
         tokenizer = self.loader.load(AutoTokenizer, "tokenizer")
         return tokenizer, self.loader.load(T5EncoderModel, "text_encoder", torch_dtype=dtype)
 
     def load_vae(self, dtype: torch.dtype) -> torch.nn.Module:
         if self.loader.is_builtin_tiny:
-            return self._tiny("vae").to(dtype)
+            return self._tiny("vae", dtype)
         return self.loader.load(AutoencoderKLLTXVideo, "vae", torch_dtype=dtype)
 
     def load_transformer(self, dtype: torch.dtype) -> torch.nn.Module:
         if self.loader.is_builtin_tiny:
-            return self._tiny("transformer").to(dtype)
+            return self._tiny("transformer", dtype)
         return self.loader.load(LTXVideoTransformer3DModel, "transformer", torch_dtype=dtype)
 
     def load_scheduler(self) -> FlowMatchEulerDiscreteScheduler:

@@ -14,7 +14,10 @@ RULE = FrameRule(temporal_multiple=8, spatial_multiple=32)
 def _ds(**video: object) -> DatasetConfig:
     resolution_type = video.pop("resolution_type", "pixel")
     return DatasetConfig(
-        id="d", instance_data_dir=Path("/data"), resolution=512, resolution_type=resolution_type,
+        id="d",
+        instance_data_dir=Path("/data"),
+        resolution=512,
+        resolution_type=resolution_type,
         video=VideoOptions(**video),
     )
 
@@ -80,12 +83,19 @@ def test_min_frames_needed_rounds_up_to_a_valid_count() -> None:
 
 
 def test_image_datasets_get_one_frame() -> None:
-    ds = DatasetConfig(id="img", dataset_type="image", instance_data_dir=Path("/img"), resolution=256,
-                       resolution_type="pixel")
+    ds = DatasetConfig(
+        id="img",
+        dataset_type="image",
+        instance_data_dir=Path("/img"),
+        resolution=256,
+        resolution_type="pixel",
+    )
     assert choose_bucket(400, 300, 1, ds, RULE, 49) == Bucket(320, 256, 1)
 
 
 def test_buckets_sort_and_compare_by_shape() -> None:
     assert sorted([Bucket(64, 48, 9), Bucket(48, 64, 17), Bucket(48, 64, 9)]) == [
-        Bucket(48, 64, 9), Bucket(48, 64, 17), Bucket(64, 48, 9)
+        Bucket(48, 64, 9),
+        Bucket(48, 64, 17),
+        Bucket(64, 48, 9),
     ]

@@ -80,7 +80,9 @@ def test_missing_or_malformed_metadata_is_a_data_error(tmp_path: Path) -> None:
     clips = _clips(tmp_path, "a.mp4")
     with pytest.raises(DataError, match=r"metadata\.jsonl not found"):
         captions_for(_ds(tmp_path, caption_strategy="jsonl"), clips)
-    (tmp_path / "metadata.jsonl").write_text('{"file_name": "a.mp4", "caption": "ok"}\n{broken\n', encoding="utf-8")
+    (tmp_path / "metadata.jsonl").write_text(
+        '{"file_name": "a.mp4", "caption": "ok"}\n{broken\n', encoding="utf-8"
+    )
     with pytest.raises(DataError, match=r"metadata\.jsonl:2"):
         captions_for(_ds(tmp_path, caption_strategy="jsonl"), clips)
     (tmp_path / "metadata.csv").write_text("name,text\na.mp4,hi\n", encoding="utf-8")

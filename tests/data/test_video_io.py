@@ -74,11 +74,13 @@ def test_probe_gives_a_reason_for_broken_files(tmp_path: Path, kind: str, reason
     assert caught.value.reason.startswith(reason)
 
 
-@pytest.mark.parametrize(("num_frames", "src_fps", "frame_rate"), [(30, 30, 15), (48, 24, 25), (50, 25, 24), (7, 30, 20)])
+@pytest.mark.parametrize(
+    ("num_frames", "src_fps", "frame_rate"), [(30, 30, 15), (48, 24, 25), (50, 25, 24), (7, 30, 20)]
+)
 def test_resampled_length_counts_targets_whose_source_frame_exists(
     num_frames: int, src_fps: float, frame_rate: float
 ) -> None:
-    # Straight from the definition, in exact fractions: source = floor(i * src / dst + 1/2) must be < num_frames.
+    # From the definition, in exact fractions: source = floor(i * src / dst + 1/2) must be < num_frames.
     ratio = Fraction(src_fps) / Fraction(frame_rate)
     expected = sum(1 for i in range(10 * num_frames) if int(i * ratio + Fraction(1, 2)) < num_frames)
     assert resampled_length(_info(num_frames, src_fps), frame_rate) == expected

@@ -153,8 +153,12 @@ def _scan_dataset(
     report.kept(ds.id, len(samples))
     logger.info("dataset '%s': %d of %d file(s) usable", ds.id, len(samples), len(files))
     if not samples:
-        logger.warning("dataset '%s' has no usable sample (%d file(s) found in %s)", ds.id, len(files),
-                       ds.instance_data_dir)
+        logger.warning(
+            "dataset '%s' has no usable sample (%d file(s) found in %s)",
+            ds.id,
+            len(files),
+            ds.instance_data_dir,
+        )
     return samples
 
 
@@ -179,7 +183,11 @@ def load_pixels(sample: Sample, window: int) -> torch.Tensor:
     """Window number `window` (an index into sample.window_starts) as float32 (C=3, F, H, W) in [-1, 1]."""
     bucket = sample.bucket
     frames = read_window(
-        sample.path, sample.info, sample.window_starts[window], bucket.num_frames, sample.frame_rate,
+        sample.path,
+        sample.info,
+        sample.window_starts[window],
+        bucket.num_frames,
+        sample.frame_rate,
         (bucket.width, bucket.height),
     )
     pixels = torch.from_numpy(frames).permute(3, 0, 1, 2).to(torch.float32)

@@ -178,7 +178,7 @@ def fit_image(img: Image.Image, size: tuple[int, int]) -> np.ndarray:
     left, top = (width - crop_w) / 2, (height - crop_h) / 2
     box = (left, top, left + crop_w, top + crop_h)
     out = img.convert("RGB").resize((target_w, target_h), Image.Resampling.BICUBIC, box=box)
-    return np.asarray(out, dtype=np.uint8)
+    return np.array(out, dtype=np.uint8)  # a writable copy: torch.from_numpy warns on read-only arrays
 
 
 def read_window(  # noqa: PLR0917 (the agreed positional signature)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import set_seed
 from peft import LoraConfig, set_peft_model_state_dict
 from safetensors.torch import load_file
@@ -44,6 +46,10 @@ def make_accelerator(cfg: Any) -> Accelerator:
     mixed = cfg.mixed_precision if not (use_cpu and cfg.mixed_precision == "fp16") else "no"
     if mixed != cfg.mixed_precision:
         logger.warning("fp16 mixed precision needs a GPU; training in fp32 on the CPU")
+    if "WORLD_SIZE" not in os.environ:
+        # accelerate keeps process-wide singletons; a second run in one process (tests, the web server) starts fresh
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
     return Accelerator(mixed_precision=mixed, cpu=use_cpu, log_with=trackers, project_dir=str(cfg.output_dir))
 
 

@@ -1,7 +1,8 @@
 """How much the trainer and the data path cost next to the bare minimum, measured side by side in one run.
 
 (a) trainer overhead: `Trainer.optimizer_step` on cached data vs a bare PyTorch loop (same transformer
-    architecture, LoRA config, batch shape, dtype and AdamW; inputs built once; forward/backward/step/zero_grad).
+    architecture, LoRA config, batch shape, dtype and AdamW; inputs built once; forward, backward, step,
+    zero_grad).
 (b) data throughput: loading cached epochs (`load_batch` over `epoch_batches`), building the latent cache
     (`CacheBuilder.build_latents` into a fresh folder), and decoding the same clips with plain PyAV.
 
@@ -39,7 +40,7 @@ from cinetune.training.trainer import Trainer
 logger = logging.getLogger("bench.overhead")
 
 FPS = 24
-# Clips are this many frames longer than a sample, so the two cached windows per clip start at different frames.
+# Clips are longer than a sample by this many frames, so the two cached windows of a clip differ.
 EXTRA_CLIP_FRAMES = 16
 WINDOWS_PER_CLIP = 2
 
@@ -69,22 +70,22 @@ class StepTimes:
 # ---- setup ------------------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path | None]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=40, help="measured optimizer steps per side (trainer, bare)")
+    parser.add_argument("--steps", type=int, default=40, help="measured optimizer steps per side")
     parser.add_argument("--warmup", type=int, default=3, help="unmeasured steps per side before timing")
-    parser.add_argument("--block", type=int, default=5, help="steps per block; trainer and bare blocks alternate")
+    parser.add_argument("--block", type=int, default=2, help="steps per alternating block")
     parser.add_argument("--clips", type=int, default=8, help="synthetic clips (the demo's moving squares)")
     parser.add_argument("--frames", type=int, default=25, help="frames per training sample (8k+1)")
     parser.add_argument("--size", default="256x256", help="clip and bucket size WxH (multiples of 32)")
     parser.add_argument("--batch-size", type=int, default=2, help="train_batch_size")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for every phase")
-    parser.add_argument("--cache-repeats", type=int, default=2, help="latent-cache builds, each in a fresh folder")
+    parser.add_argument("--cache-repeats", type=int, default=2, help="latent-cache builds, each fresh")
     parser.add_argument("--decode-passes", type=int, default=3, help="full PyAV decodes of all clips")
     parser.add_argument("--min-epoch-seconds", type=float, default=1.0,
                         help="keep loading cached epochs (at least 3) until this much time has passed")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     width, height = (int(v) for v in args.size.lower().split("x", 1))
-    # Sizes and frame counts the tiny LTX-Video accepts as-is, so buckets equal the clips and nothing is cropped.
+    # Shapes the LTX-Video frame rule accepts as they are: buckets equal the clips, nothing is cropped.
     if width % 32 or height % 32:
         parser.error(f"--size {args.size}: both sides must be multiples of 32")
     if (args.frames - 1) % 8:
@@ -103,7 +104,7 @@ def write_workspace(root: Path, s: Settings) -> Path:
                                   size=(s.width, s.height), fps=FPS)
     config_path = write_demo_configs(root, data_dir)
     config = json.loads(config_path.read_text())
-    # No validation, checkpoints, trackers or resume: the benchmark calls the phases itself and times one step.
+    # No validation, checkpoints, trackers or resume: the benchmark calls the phases itself.
     config.update(train_batch_size=s.batch_size, max_train_steps=10_000, disable_validation=True,
                   validation_steps=None, checkpointing_steps=None, resume_from_checkpoint=None,
                   report_to="none", frame_rate=FPS)
@@ -124,9 +125,9 @@ def set_threads(n: int) -> None:
 
 # ---- (b) data throughput ----------------------------------------------------------------------------------
 def time_cache_build(trainer: Trainer, scratch: Path, repeats: int) -> tuple[list[float], int]:
-    """Seconds of each latent-cache build (VAE load + decode + encode + write) into a fresh folder, and frames.
+    """Seconds of each latent-cache build (VAE load, decode, encode, write) into a new folder, and frames.
 
-    The first build goes to the trainer's own (still empty) cache folders, so the trainer reuses it afterwards.
+    The first build goes to the trainer's own (still empty) cache folders, so the trainer reuses it later.
     """
     text_root, latent_roots = trainer.cache_roots()
     seconds, frames = [], 0
@@ -204,7 +205,9 @@ def build_bare_step(trainer: Trainer) -> tuple[Callable[[], None], int]:
     """
     cfg, family = trainer.cfg, trainer.family
     base = trainer.acc.unwrap_model(trainer.model)
-    model = type(base).from_config(base.config).to(trainer.weight_dtype)
+    model = type(base).from_config(base.config)
+    if trainer.weight_dtype != torch.float32:  # built in fp32; diffusers warns on every .to(dtype)
+        model = model.to(trainer.weight_dtype)
     model.requires_grad_(False)
     targets = cfg.lora_target_modules or list(family.default_lora_targets)
     model.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.effective_lora_alpha, target_modules=targets,
@@ -257,18 +260,12 @@ def time_steps(trainer: Trainer, bare_step: Callable[[], None], s: Settings) -> 
     return times
 
 
-def trainer_param_count(trainer: Trainer) -> int:
-    return sum(p.numel() for p in trainer.params)
-
-
 # ---- report -----------------------------------------------------------------------------------------------
-def summarize(s: Settings, times: StepTimes, cache: tuple[list[float], int], epochs: list[float],
-              decode: tuple[list[float], int], trainer: Trainer, bare_params: int) -> dict[str, Any]:
+def summarize(s: Settings, trainer: Trainer, *, times: StepTimes, cache: tuple[list[float], int],
+              epochs: list[float], decode: tuple[list[float], int], bare_params: int) -> dict[str, Any]:
     build_seconds, build_frames = cache
     decode_rates, decode_frames = decode
-    tokens = trainer.family.num_tokens(_latent_shape(trainer))
-    trainer_s = statistics.median(times.trainer)
-    bare_s = statistics.median(times.bare)
+    trainer_s, bare_s = statistics.median(times.trainer), statistics.median(times.bare)
     cached_sps = statistics.median(epochs)
     cached_fps = cached_sps * s.frames
     build_fps = build_frames / statistics.median(build_seconds)
@@ -276,17 +273,21 @@ def summarize(s: Settings, times: StepTimes, cache: tuple[list[float], int], epo
     return {
         "settings": asdict(s),
         "setup": {
-            "model": f"{trainer.cfg.model_family}/{trainer.cfg.model_flavour}", "dtype": str(trainer.weight_dtype),
-            "device": str(trainer.device), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "lora_rank": trainer.cfg.lora_rank, "lora_params_trainer": trainer_param_count(trainer),
-            "lora_params_bare": bare_params, "video_tokens_per_sample": tokens,
+            "model": f"{trainer.cfg.model_family}/{trainer.cfg.model_flavour}",
+            "dtype": str(trainer.weight_dtype), "device": str(trainer.device),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "lora_rank": trainer.cfg.lora_rank, "lora_params_trainer": sum(p.numel() for p in trainer.params),
+            "lora_params_bare": bare_params,
+            "video_tokens_per_sample": trainer.family.num_tokens(_latent_shape(trainer)),
             "samples": len(trainer.samples), "items_per_epoch": len(trainer.items),
         },
         "trainer_s_per_step": trainer_s, "bare_s_per_step": bare_s,
+        "trainer_s_per_step_min": min(times.trainer), "bare_s_per_step_min": min(times.bare),
         "trainer_s_per_step_iqr": _iqr(times.trainer), "bare_s_per_step_iqr": _iqr(times.bare),
         "trainer_overhead_ms_per_step": (trainer_s - bare_s) * 1e3,
         "ratio_trainer_over_bare": trainer_s / bare_s,
-        "cached_samples_per_s": cached_sps, "cached_frames_per_s": cached_fps,
+        "ratio_trainer_over_bare_min": min(times.trainer) / min(times.bare),
+        "cached_samples_per_s": cached_sps, "cached_frames_per_s": cached_fps, "cached_epochs": len(epochs),
         "cache_build_frames_per_s": build_fps, "cache_build_frames": build_frames,
         "cache_build_seconds": build_seconds,
         "raw_decode_frames_per_s": raw_fps, "raw_decode_frames": decode_frames,
@@ -297,9 +298,9 @@ def summarize(s: Settings, times: StepTimes, cache: tuple[list[float], int], epo
 
 
 def _latent_shape(trainer: Trainer) -> torch.Size:
-    key = next(iter(trainer.index.latent_keys))
-    sample = trainer.samples[key[0]]
-    return torch.Size((1, *trainer.index.latent(key[0], key[1], sample.dataset_id)["latents"].shape))
+    sample_index, window = next(iter(trainer.index.latent_keys))
+    entry = trainer.index.latent(sample_index, window, trainer.samples[sample_index].dataset_id)
+    return torch.Size((1, *entry["latents"].shape))
 
 
 def _iqr(values: list[float]) -> list[float]:
@@ -307,38 +308,43 @@ def _iqr(values: list[float]) -> list[float]:
     return [q1, q3]
 
 
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.1f}"
+
+
 def print_report(f: dict[str, Any]) -> None:
     s, setup = f["settings"], f["setup"]
     print(f"\nmodel {setup['model']} ({setup['dtype']}, {setup['device']}, {setup['torch_threads']} threads, "
-          f"torch {setup['torch']}), LoRA rank {setup['lora_rank']}: {setup['lora_params_trainer']:,} params "
-          f"(bare loop: {setup['lora_params_bare']:,})")
+          f"torch {setup['torch']}), LoRA rank {setup['lora_rank']}: {setup['lora_params_trainer']:,} "
+          f"trainable params (bare loop: {setup['lora_params_bare']:,})")
     print(f"batch {s['batch_size']} x {s['width']}x{s['height']}x{s['frames']} frames "
           f"= {setup['video_tokens_per_sample']} video tokens per sample; {setup['samples']} clips, "
-          f"{setup['items_per_epoch']} samples per epoch; {s['steps']} measured steps per side "
-          f"after {s['warmup']} warm-up, blocks of {s['block']}\n")
+          f"{setup['items_per_epoch']} samples per epoch")
+    print(f"{s['steps']} measured steps per side after {s['warmup']} warm-up, "
+          f"alternating blocks of {s['block']}\n")
     rows = [
-        ("(a) trainer step (Trainer.optimizer_step)", f"{f['trainer_s_per_step'] * 1e3:9.1f}", "ms/step",
-         _iqr_text(f["trainer_s_per_step_iqr"])),
-        ("(a) bare PyTorch step", f"{f['bare_s_per_step'] * 1e3:9.1f}", "ms/step", _iqr_text(f["bare_s_per_step_iqr"])),
-        ("(b1) cached epoch (load_batch)", f"{f['cached_samples_per_s']:9.1f}", "samples/s",
-         f"= {f['cached_frames_per_s']:,.0f} frames/s"),
-        ("(b2) latent cache build", f"{f['cache_build_frames_per_s']:9.1f}", "frames/s",
-         f"{f['cache_build_frames']} frames, runs {', '.join(f'{t:.2f}' for t in f['cache_build_seconds'])} s"),
-        ("(b3) raw PyAV decode (rgb24)", f"{f['raw_decode_frames_per_s']:9.1f}", "frames/s",
+        ("(a) trainer step (Trainer.optimizer_step)", _ms(f["trainer_s_per_step"]), "ms/step",
+         f"min {_ms(f['trainer_s_per_step_min'])}, IQR {'-'.join(map(_ms, f['trainer_s_per_step_iqr']))}"),
+        ("(a) bare PyTorch step", _ms(f["bare_s_per_step"]), "ms/step",
+         f"min {_ms(f['bare_s_per_step_min'])}, IQR {'-'.join(map(_ms, f['bare_s_per_step_iqr']))}"),
+        ("(b1) cached epoch (load_batch)", f"{f['cached_samples_per_s']:.1f}", "samples/s",
+         f"= {f['cached_frames_per_s']:,.0f} frames/s, {f['cached_epochs']} epochs"),
+        ("(b2) latent cache build", f"{f['cache_build_frames_per_s']:.1f}", "frames/s",
+         f"{f['cache_build_frames']} frames; runs: "
+         + ", ".join(f"{t:.2f} s" for t in f["cache_build_seconds"])),
+        ("(b3) raw PyAV decode (rgb24)", f"{f['raw_decode_frames_per_s']:.1f}", "frames/s",
          f"{f['raw_decode_frames']} frames per pass"),
     ]
-    print(f"{'figure':44} {'median':>9} {'unit':10} notes")
+    print(f"{'figure':44} {'median':>9}  {'unit':10} notes")
     for name, value, unit, note in rows:
-        print(f"{name:44} {value} {unit:10} {note}")
+        print(f"{name:44} {value:>9}  {unit:10} {note}")
     print("\nratios")
-    print(f"  trainer / bare step time          {f['ratio_trainer_over_bare']:8.3f}  "
-          f"({f['trainer_overhead_ms_per_step']:+.1f} ms/step)")
-    print(f"  cached epoch / raw decode         {f['ratio_cached_over_raw_decode']:8.3f}  (frames/s over frames/s)")
-    print(f"  cache build / raw decode          {f['ratio_cache_build_over_raw_decode']:8.3f}  (frames/s over frames/s)")
-
-
-def _iqr_text(iqr: list[float]) -> str:
-    return f"IQR {iqr[0] * 1e3:.1f}-{iqr[1] * 1e3:.1f} ms"
+    print(f"  trainer / bare step time    {f['ratio_trainer_over_bare']:8.3f}  medians "
+          f"({f['trainer_overhead_ms_per_step']:+.1f} ms/step); "
+          f"{f['ratio_trainer_over_bare_min']:.3f} on minima")
+    print(f"  cached epoch / raw decode   {f['ratio_cached_over_raw_decode']:8.3f}  frames/s over frames/s")
+    print(f"  cache build / raw decode    {f['ratio_cache_build_over_raw_decode']:8.3f}  "
+          "frames/s over frames/s")
 
 
 # ---- main -------------------------------------------------------------------------------------------------
@@ -366,7 +372,8 @@ def run(s: Settings, root: Path) -> dict[str, Any]:
     set_threads(s.threads)
     logger.info("timing %d trainer and %d bare steps", s.steps, s.steps)
     times = time_steps(trainer, bare_step, s)
-    return summarize(s, times, cache, epochs, decode, trainer, bare_params)
+    return summarize(s, trainer, times=times, cache=cache, epochs=epochs, decode=decode,
+                     bare_params=bare_params)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -28,10 +28,11 @@ class VideoOptions(BaseModel):
     bucket_strategy: Literal["aspect_ratio", "resolution_frames"] = Field(
         "aspect_ratio",
         description="aspect_ratio: buckets by shape, every sample num_frames long. resolution_frames: buckets "
-        "'WxH@F', long clips use up to max_frames frames.",
+        "'WxH@F', each clip trains on all its frames (rounded down to the frame rule and frame_interval).",
     )
     frame_interval: int = Field(
-        1, ge=1, description="With resolution_frames: frame counts are rounded down to a multiple of this too."
+        1, ge=1, description="With resolution_frames: frame counts are 1 + a multiple of lcm(frame rule, this), "
+        "so fewer distinct frame buckets form.",
     )
     windows_per_clip: int = Field(
         1,

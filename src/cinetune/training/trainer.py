@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -225,8 +226,23 @@ class Trainer:
         return written
 
     # ---- outputs -------------------------------------------------------------------------------------------
+    def check_ranks_in_sync(self) -> list[list[float]]:
+        """Every rank must hold the same LoRA; a divergence means broken DDP, so fail loudly."""
+        model = self.acc.unwrap_model(self.model)
+        flat = torch.cat([p.detach().float().flatten() for p in model.parameters() if p.requires_grad])
+        weights = torch.arange(1, flat.numel() + 1, dtype=torch.float64) / flat.numel()
+        summary = torch.stack([flat.double().sum(), (flat.double() * weights).sum()]).to(self.device)
+        gathered = self.acc.gather(summary.unsqueeze(0)).cpu().tolist()
+        if self.acc.is_main_process:
+            (self.output_dir / "ddp_sync.json").write_text(json.dumps({"ranks": gathered}))
+        if any(row != gathered[0] for row in gathered):
+            raise RuntimeError(f"LoRA weights differ between processes: {gathered}")
+        return gathered
+
     def export(self) -> dict[str, Any]:
         step = self.state.step
+        if self.acc.num_processes > 1:
+            self.check_ranks_in_sync()
         if self.cfg.checkpointing_steps:
             self.checkpointer.save(step, self.acc.unwrap_model(self.model), self.optimizer, self.scheduler,
                                    self.state)

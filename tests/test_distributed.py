@@ -1,0 +1,29 @@
+"""`cinetune train --num_processes 2` on CPU (gloo): two DDP ranks train and end with the same LoRA."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+@pytest.mark.slow
+def test_two_process_ddp_keeps_ranks_in_sync(tmp_path: Path, clips_dir: Path, make_config) -> None:
+    config = make_config(tmp_path, clips_dir, None, max_train_steps=3, train_batch_size=1, checkpointing_steps=2,
+                         num_processes=2, cpu=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env.pop("WORLD_SIZE", None)
+    proc = subprocess.run([sys.executable, "-m", "cinetune.cli", "train", "--config", str(config)], env=env,
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = tmp_path / "output"
+    ranks = json.loads((out / "ddp_sync.json").read_text())["ranks"]
+    assert len(ranks) == 2 and ranks[0] == ranks[1]
+    assert {"rng_0.pt", "rng_1.pt"} <= {p.name for p in (out / "checkpoint-2").iterdir()}
+    assert (out / "pytorch_lora_weights.safetensors").exists()
+    state = json.loads((out / "checkpoint-2" / "state.json").read_text())
+    assert state["world_size"] == 2

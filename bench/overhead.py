@@ -70,7 +70,7 @@ class StepTimes:
 # ---- setup ------------------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path | None]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=40, help="measured optimizer steps per side")
+    parser.add_argument("--steps", type=int, default=60, help="measured optimizer steps per side")
     parser.add_argument("--warmup", type=int, default=3, help="unmeasured steps per side before timing")
     parser.add_argument("--block", type=int, default=2, help="steps per alternating block")
     parser.add_argument("--clips", type=int, default=8, help="synthetic clips (the demo's moving squares)")
@@ -78,7 +78,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path | None]:
     parser.add_argument("--size", default="256x256", help="clip and bucket size WxH (multiples of 32)")
     parser.add_argument("--batch-size", type=int, default=2, help="train_batch_size")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for every phase")
-    parser.add_argument("--cache-repeats", type=int, default=2, help="latent-cache builds, each fresh")
+    parser.add_argument("--cache-repeats", type=int, default=3, help="latent-cache builds, each fresh")
     parser.add_argument("--decode-passes", type=int, default=3, help="full PyAV decodes of all clips")
     parser.add_argument("--min-epoch-seconds", type=float, default=1.0,
                         help="keep loading cached epochs (at least 3) until this much time has passed")
@@ -90,8 +90,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path | None]:
         parser.error(f"--size {args.size}: both sides must be multiples of 32")
     if (args.frames - 1) % 8:
         parser.error(f"--frames {args.frames}: must be 8k+1 (9, 17, 25, 33, ...)")
-    if args.clips * WINDOWS_PER_CLIP < args.batch_size:
-        parser.error("--clips too small for one batch")
+    if args.clips < args.batch_size:
+        parser.error(f"--clips {args.clips}: needs at least --batch-size ({args.batch_size}) clips")
+    if min(args.steps, args.block, args.cache_repeats, args.decode_passes) < 1 or args.steps < 2:
+        parser.error("--steps needs at least 2; --block, --cache-repeats and --decode-passes at least 1")
     settings = Settings(args.steps, args.warmup, args.block, args.clips, args.frames, width, height,
                         args.batch_size, args.threads, args.cache_repeats, args.decode_passes,
                         args.min_epoch_seconds)

@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny LTX-Video checkpoint in the real diffusers layout, synthetic clips, config writers."""
+"""Shared fixtures: a tiny LTX-Video checkpoint in the real diffusers layout, clips, config writers."""
 
 from __future__ import annotations
 
@@ -26,30 +26,62 @@ def tiny_ltx_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def clips_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from cinetune.demo import write_demo_dataset
 
-    return write_demo_dataset(tmp_path_factory.mktemp("clips") / "clips", num_clips=4, num_frames=30,
-                              size=(96, 64), fps=24)
+    return write_demo_dataset(
+        tmp_path_factory.mktemp("clips") / "clips", num_clips=4, num_frames=30, size=(96, 64), fps=24
+    )
 
 
-def write_configs(root: Path, data_dir: Path, model_dir: Path | None, config_format: str = "json",
-                  dataset: dict[str, Any] | None = None, **overrides: Any) -> Path:
+def write_configs(
+    root: Path,
+    data_dir: Path,
+    model_dir: Path | None,
+    config_format: str = "json",
+    dataset: dict[str, Any] | None = None,
+    **overrides: Any,
+) -> Path:
     """A config pair in the quickstart's shape: config/config.json + config/multidatabackend.json."""
     config_dir = root / "config"
     config_dir.mkdir(parents=True, exist_ok=True)
     config: dict[str, Any] = {
-        "model_family": "ltxvideo", "model_flavour": "tiny", "output_dir": str(root / "output"),
-        "data_backend_config": str(config_dir / "multidatabackend.json"), "train_batch_size": 2,
-        "learning_rate": 1e-3, "max_train_steps": 4, "mixed_precision": "no", "lora_rank": 4, "seed": 3,
-        "frame_rate": 24, "report_to": "none", "vae_latent_sampling": "mean",
+        "model_family": "ltxvideo",
+        "model_flavour": "tiny",
+        "output_dir": str(root / "output"),
+        "data_backend_config": str(config_dir / "multidatabackend.json"),
+        "train_batch_size": 2,
+        "learning_rate": 1e-3,
+        "max_train_steps": 4,
+        "mixed_precision": "no",
+        "lora_rank": 4,
+        "seed": 3,
+        "frame_rate": 24,
+        "report_to": "none",
+        "vae_latent_sampling": "mean",
     }
     if model_dir is not None:
         config["pretrained_model_name_or_path"] = str(model_dir)
     config.update(overrides)
-    video = {"id": "clips", "type": "local", "dataset_type": "video", "instance_data_dir": str(data_dir),
-             "caption_strategy": "textfile", "resolution": 64, "resolution_type": "pixel",
-             "cache_dir_vae": str(root / "cache" / "vae"), "video": {"num_frames": 9, "min_frames": 9}}
+    video = {
+        "id": "clips",
+        "type": "local",
+        "dataset_type": "video",
+        "instance_data_dir": str(data_dir),
+        "caption_strategy": "textfile",
+        "resolution": 64,
+        "resolution_type": "pixel",
+        "cache_dir_vae": str(root / "cache" / "vae"),
+        "video": {"num_frames": 9, "min_frames": 9},
+    }
     video.update(dataset or {})
-    datasets = [video, {"id": "text-embeds", "type": "local", "dataset_type": "text_embeds", "default": True,
-                        "cache_dir": str(root / "cache" / "text")}]
+    datasets = [
+        video,
+        {
+            "id": "text-embeds",
+            "type": "local",
+            "dataset_type": "text_embeds",
+            "default": True,
+            "cache_dir": str(root / "cache" / "text"),
+        },
+    ]
     (config_dir / "multidatabackend.json").write_text(json.dumps(datasets, indent=2))
     if config_format == "toml":
         lines = [f"{k} = {json.dumps(v)}" for k, v in config.items()]

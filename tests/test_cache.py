@@ -1,4 +1,4 @@
-"""Caches: keys that never reuse stale entries, resumable builds, shared caption embeddings, one encoder at a time."""
+"""Caches: keys never reuse stale entries, builds resume, captions are shared, one encoder at a time."""
 
 from __future__ import annotations
 
@@ -20,8 +20,14 @@ def _setup(tmp_path: Path, clips_dir: Path, make_config, model_dir: Path | None 
     loaded = load_config(make_config(tmp_path, clips_dir, model_dir))
     family = build_family("ltxvideo", "tiny", str(model_dir) if model_dir else None)
     samples = scan_datasets(loaded.data.media, family.frame_rule, 24.0, 3, SkipReport())
-    builder = CacheBuilder(family, text_root=tmp_path / "text", latent_roots={"clips": tmp_path / "vae"},
-                           device=torch.device("cpu"), dtype=torch.float32, max_sequence_length=128)
+    builder = CacheBuilder(
+        family,
+        text_root=tmp_path / "text",
+        latent_roots={"clips": tmp_path / "vae"},
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+        max_sequence_length=128,
+    )
     return family, samples, builder
 
 
@@ -40,8 +46,14 @@ def test_latent_key_changes_with_everything_the_entry_depends_on(tmp_path, clips
     ]
     keys = {builder.latent_key(v, 0) for v in variants}
     assert base not in keys and len(keys) == len(variants)
-    other_dtype = CacheBuilder(builder.family, text_root=tmp_path / "t", latent_roots={}, device=torch.device("cpu"),
-                               dtype=torch.bfloat16, max_sequence_length=128)
+    other_dtype = CacheBuilder(
+        builder.family,
+        text_root=tmp_path / "t",
+        latent_roots={},
+        device=torch.device("cpu"),
+        dtype=torch.bfloat16,
+        max_sequence_length=128,
+    )
     assert other_dtype.latent_key(sample, 0) != base
     assert other_dtype.text_key("a cat") != builder.text_key("a cat")
 
@@ -53,7 +65,9 @@ def test_model_identity_enters_the_key(tmp_path, clips_dir, make_config, tiny_lt
     assert builtin.text_key("x") != folder.text_key("x")
 
 
-def test_interrupted_build_resumes_and_captions_are_shared(tmp_path, clips_dir, make_config, monkeypatch) -> None:
+def test_interrupted_build_resumes_and_captions_are_shared(
+    tmp_path, clips_dir, make_config, monkeypatch
+) -> None:
     family, samples, builder = _setup(tmp_path, clips_dir, make_config)
     real = family.encode_video
     calls = {"n": 0}

@@ -1,4 +1,4 @@
-"""Config loading as a user meets it: files in the quickstart's shape, overrides, and errors that name the fix."""
+"""Config loading as a user meets it: quickstart-shaped files, overrides, errors that name the fix."""
 
 from __future__ import annotations
 
@@ -14,8 +14,14 @@ from cinetune.errors import ConfigError, NotSupportedYet
 
 def test_quickstart_keys_load_from_json_and_toml(tmp_path: Path, clips_dir: Path, make_config) -> None:
     for fmt in ("json", "toml"):
-        path = make_config(tmp_path / fmt, clips_dir, None, config_format=fmt,
-                           validation_resolution="512x768,768x512", gradient_accumulation_steps=2)
+        path = make_config(
+            tmp_path / fmt,
+            clips_dir,
+            None,
+            config_format=fmt,
+            validation_resolution="512x768,768x512",
+            gradient_accumulation_steps=2,
+        )
         loaded = load_config(path)
         assert loaded.train.resolutions == [(512, 768), (768, 512)]
         assert loaded.train.gradient_accumulation_steps == 2
@@ -28,8 +34,15 @@ def test_dashed_keys_and_cli_overrides(tmp_path: Path, clips_dir: Path, make_con
     raw = json.loads(path.read_text())
     raw = {f"--{k}": v for k, v in raw.items()}
     path.write_text(json.dumps(raw))
-    overrides = parse_overrides(["--learning_rate=2e-4", "--max_train_steps", "500", "--gradient_checkpointing",
-                                 '--lora_target_modules=["to_q","to_k"]'])
+    overrides = parse_overrides(
+        [
+            "--learning_rate=2e-4",
+            "--max_train_steps",
+            "500",
+            "--gradient_checkpointing",
+            '--lora_target_modules=["to_q","to_k"]',
+        ]
+    )
     loaded = load_config(path, overrides)
     assert loaded.train.learning_rate == pytest.approx(2e-4)
     assert loaded.train.max_train_steps == 500
@@ -49,9 +62,18 @@ def test_unknown_dataset_key_names_closest(tmp_path: Path, clips_dir: Path, make
         load_config(path)
 
 
-@pytest.mark.parametrize("key,value", [("enable_group_offload", True), ("musubi_blocks_to_swap", 10),
-                                       ("tread_config", {}), ("crepa_enabled", True)])
-def test_unbuilt_features_are_rejected_not_ignored(tmp_path: Path, clips_dir: Path, make_config, key, value) -> None:
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("enable_group_offload", True),
+        ("musubi_blocks_to_swap", 10),
+        ("tread_config", {}),
+        ("crepa_enabled", True),
+    ],
+)
+def test_unbuilt_features_are_rejected_not_ignored(
+    tmp_path: Path, clips_dir: Path, make_config, key, value
+) -> None:
     path = make_config(tmp_path, clips_dir, None, **{key: value})
     with pytest.raises(NotSupportedYet, match=f"'{key}'.*not supported yet"):
         load_config(path)
@@ -89,7 +111,7 @@ def test_unknown_family_and_flavour(tmp_path: Path, clips_dir: Path, make_config
 
 
 def test_examples_pass_check(tmp_path: Path, capsys) -> None:
-    """Each example pair, pointed at a folder of long-enough clips, passes `cinetune check` (no weights needed)."""
+    """Each example pair, pointed at long-enough clips, passes `cinetune check` (no weights needed)."""
     from cinetune.demo import write_demo_dataset
 
     clips = write_demo_dataset(tmp_path / "clips", num_clips=2, num_frames=100, size=(64, 48), fps=24)

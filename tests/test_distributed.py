@@ -13,12 +13,26 @@ import pytest
 
 @pytest.mark.slow
 def test_two_process_ddp_keeps_ranks_in_sync(tmp_path: Path, clips_dir: Path, make_config) -> None:
-    config = make_config(tmp_path, clips_dir, None, max_train_steps=3, train_batch_size=1, checkpointing_steps=2,
-                         num_processes=2, cpu=True)
+    config = make_config(
+        tmp_path,
+        clips_dir,
+        None,
+        max_train_steps=3,
+        train_batch_size=1,
+        checkpointing_steps=2,
+        num_processes=2,
+        cpu=True,
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     env.pop("WORLD_SIZE", None)
-    proc = subprocess.run([sys.executable, "-m", "cinetune.cli", "train", "--config", str(config)], env=env,
-                          capture_output=True, text=True, timeout=600, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cinetune.cli", "train", "--config", str(config)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = tmp_path / "output"
     ranks = json.loads((out / "ddp_sync.json").read_text())["ranks"]

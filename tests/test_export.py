@@ -1,4 +1,4 @@
-"""LoRA files: the diffusers file loads into LTXPipeline, the ComfyUI file carries alpha so strength 1 = trained scale."""
+"""LoRA files: diffusers file loads into LTXPipeline; ComfyUI file carries alpha (strength 1 = trained)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from safetensors.torch import load_file
 
 from cinetune.export.lora import COMFYUI_FILE, DIFFUSERS_FILE, export_comfyui, read_lora, save_diffusers_lora
 from cinetune.models.registry import build_family
-
 
 _ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]
 
@@ -31,8 +30,16 @@ def _trained_lora(rank: int, alpha: float, targets: list[str] = (*_ATTENTION, "p
 
 
 def _generate(pipe: LTXPipeline) -> torch.Tensor:
-    return pipe("a red square", num_frames=9, height=64, width=64, num_inference_steps=2, guidance_scale=1.0,
-                generator=torch.Generator().manual_seed(0), output_type="pt").frames
+    return pipe(
+        "a red square",
+        num_frames=9,
+        height=64,
+        width=64,
+        num_inference_steps=2,
+        guidance_scale=1.0,
+        generator=torch.Generator().manual_seed(0),
+        output_type="pt",
+    ).frames
 
 
 def test_diffusers_file_loads_into_pipeline_with_its_alpha(tmp_path: Path, tiny_ltx_dir: Path) -> None:

@@ -22,9 +22,13 @@ def check_report(loaded: LoadedConfig) -> tuple[str, bool]:
         f"frame rule: {rule.temporal_multiple}k+1 frames, sides multiple of {rule.spatial_multiple}",
     ]
     frames = rule.adjust_frames(cfg.validation_num_video_frames, "validation_num_video_frames")
-    lines.append(f"validation: {frames} frames at {cfg.validation_resolution}, every {cfg.validation_steps} steps"
-                 if cfg.validation_steps else "validation: at the end only" if cfg.validation_prompt
-                 else "validation: none (no validation_prompt)")
+    lines.append(
+        f"validation: {frames} frames at {cfg.validation_resolution}, every {cfg.validation_steps} steps"
+        if cfg.validation_steps
+        else "validation: at the end only"
+        if cfg.validation_prompt
+        else "validation: none (no validation_prompt)"
+    )
     report = SkipReport()
     ok = True
     try:
@@ -35,12 +39,16 @@ def check_report(loaded: LoadedConfig) -> tuple[str, bool]:
     for dataset in loaded.data.media:
         mine = [s for s in samples if s.dataset_id == dataset.id]
         buckets = Counter(s.bucket.key for s in mine)
-        lines.append(f"dataset '{dataset.id}': {len(mine)} clip(s), repeats {dataset.repeats}, buckets "
-                     + (", ".join(f"{k} x{n}" for k, n in sorted(buckets.items())) or "none"))
+        lines.append(
+            f"dataset '{dataset.id}': {len(mine)} clip(s), repeats {dataset.repeats}, buckets "
+            + (", ".join(f"{k} x{n}" for k, n in sorted(buckets.items())) or "none")
+        )
         small = [k for k, n in buckets.items() if n * (dataset.repeats + 1) < cfg.train_batch_size]
         if small:
-            lines.append(f"  [yellow]buckets smaller than train_batch_size={cfg.train_batch_size} will not "
-                         f"train: {', '.join(small)}[/]")
+            lines.append(
+                f"  [yellow]buckets smaller than train_batch_size={cfg.train_batch_size} will not "
+                f"train: {', '.join(small)}[/]"
+            )
     if len(report):
         lines.append(f"skipped {len(report)} file(s):")
         lines.append(report.summary())

@@ -22,8 +22,13 @@ _DEFAULT_CONFIGS = (Path("config/config.json"), Path("config/config.toml"))
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", datefmt="[%X]",
-                        handlers=[RichHandler(console=Console(stderr=True), show_path=False)], force=True)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        datefmt="[%X]",
+        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
+        force=True,
+    )
     for noisy in ("httpx", "urllib3", "PIL", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -46,8 +51,16 @@ def _load(args: argparse.Namespace, extra: list[str]):
 
 def _launch_distributed(args: argparse.Namespace, extra: list[str], num_processes: int) -> int:
     """Re-run this command under torchrun with N processes (DDP through accelerate)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={num_processes}",
-           "-m", "cinetune.cli", args.command]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={num_processes}",
+        "-m",
+        "cinetune.cli",
+        args.command,
+    ]
     if args.config:
         cmd += ["--config", args.config]
     cmd += [*extra, f"--num_processes={num_processes}"]
@@ -75,7 +88,9 @@ def _snapshot_config(loaded: Any, is_main: bool) -> None:
     out = Path(loaded.train.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "cinetune_config.json").write_text(loaded.train.model_dump_json(indent=2))
-    (out / "cinetune_datasets.json").write_text(json.dumps(loaded.data.model_dump(mode="json")["datasets"], indent=2))
+    (out / "cinetune_datasets.json").write_text(
+        json.dumps(loaded.data.model_dump(mode="json")["datasets"], indent=2)
+    )
 
 
 def _print_outputs(result: dict[str, Any], output_dir: Path) -> None:
@@ -96,8 +111,10 @@ def cmd_cache(args: argparse.Namespace, extra: list[str]) -> int:
     trainer.cfg.output_dir.mkdir(parents=True, exist_ok=True)
     trainer.scan()
     index = trainer.cache()
-    console.print(f"cache ready: {len(index.caption_keys)} captions, {len(index.latent_keys)} latents "
-                  f"({json.dumps({k: round(v, 3) for k, v in index.stats.items()})})")
+    console.print(
+        f"cache ready: {len(index.caption_keys)} captions, {len(index.latent_keys)} latents "
+        f"({json.dumps({k: round(v, 3) for k, v in index.stats.items()})})"
+    )
     return 0
 
 
@@ -140,11 +157,16 @@ def cmd_demo(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cinetune", description="Fine-tune video diffusion models on your clips.")
+    parser = argparse.ArgumentParser(
+        prog="cinetune", description="Fine-tune video diffusion models on your clips."
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, helptext in (("train", "train a LoRA"), ("cache", "build latent and text-embedding caches only"),
-                           ("check", "validate config and dataset, print a report, train nothing")):
+    for name, helptext in (
+        ("train", "train a LoRA"),
+        ("cache", "build latent and text-embedding caches only"),
+        ("check", "validate config and dataset, print a report, train nothing"),
+    ):
         p = sub.add_parser(name, help=helptext, description=f"{helptext}. Any config key: --key=value.")
         p.add_argument("--config", help="config.json or config.toml (default: config/config.json)")
     p = sub.add_parser("export", help="write the LoRA of OUTPUT_DIR in another format")
@@ -156,7 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"train": cmd_train, "cache": cmd_cache, "check": cmd_check, "export": cmd_export, "demo": cmd_demo}
+COMMANDS = {
+    "train": cmd_train,
+    "cache": cmd_cache,
+    "check": cmd_check,
+    "export": cmd_export,
+    "demo": cmd_demo,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

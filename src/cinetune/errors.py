@@ -15,5 +15,5 @@ class DataError(CinetuneError):
     """The dataset yields nothing usable (every clip skipped, no captions, ...)."""
 
 
-class NotSupportedYet(ConfigError):
+class NotSupportedYet(ConfigError):  # noqa: N818 (reads as the message it carries)
     """A known key asks for a feature that is not built yet."""

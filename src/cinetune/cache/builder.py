@@ -51,9 +51,18 @@ def _free(module: torch.nn.Module) -> None:
 class CacheBuilder:
     """Encodes what is missing from the caches. The family knows how to encode; this knows what and when."""
 
-    def __init__(self, family: ModelFamily, *, text_root: Path, latent_roots: dict[str, Path], device: torch.device,
-                 dtype: torch.dtype, max_sequence_length: int, text_batch_size: int = 16,
-                 progress: Callable[[str, int], Iterable] | None = None) -> None:
+    def __init__(
+        self,
+        family: ModelFamily,
+        *,
+        text_root: Path,
+        latent_roots: dict[str, Path],
+        device: torch.device,
+        dtype: torch.dtype,
+        max_sequence_length: int,
+        text_batch_size: int = 16,
+        progress: Callable[[str, int], Iterable] | None = None,
+    ) -> None:
         self.family = family
         self.index = CacheIndex(TensorCache(text_root), {k: TensorCache(v) for k, v in latent_roots.items()})
         self.device = device
@@ -65,17 +74,35 @@ class CacheBuilder:
 
     # ---- keys ----------------------------------------------------------------------------------------------
     def text_key(self, caption: str) -> str:
-        return cache_key({"kind": "text", "caption": caption, "encoder": self.family.loader.identity("text_encoder"),
-                          "tokenizer": self.family.loader.identity("tokenizer"), "family": self.family.name,
-                          "max_len": self.max_sequence_length, "dtype": self._dtype_name})
+        return cache_key(
+            {
+                "kind": "text",
+                "caption": caption,
+                "encoder": self.family.loader.identity("text_encoder"),
+                "tokenizer": self.family.loader.identity("tokenizer"),
+                "family": self.family.name,
+                "max_len": self.max_sequence_length,
+                "dtype": self._dtype_name,
+            }
+        )
 
     def latent_key(self, sample: Sample, window: int) -> str:
-        return cache_key({
-            "kind": "latent", "path": str(sample.path.resolve()), "size": sample.size_bytes,
-            "mtime_ns": sample.mtime_ns, "start": sample.window_starts[window], "frames": sample.bucket.num_frames,
-            "fps": sample.frame_rate, "bucket": [sample.bucket.width, sample.bucket.height], "crop": "center",
-            "family": self.family.name, "vae": self.family.loader.identity("vae"), "dtype": self._dtype_name,
-        })
+        return cache_key(
+            {
+                "kind": "latent",
+                "path": str(sample.path.resolve()),
+                "size": sample.size_bytes,
+                "mtime_ns": sample.mtime_ns,
+                "start": sample.window_starts[window],
+                "frames": sample.bucket.num_frames,
+                "fps": sample.frame_rate,
+                "bucket": [sample.bucket.width, sample.bucket.height],
+                "crop": "center",
+                "family": self.family.name,
+                "vae": self.family.loader.identity("vae"),
+                "dtype": self._dtype_name,
+            }
+        )
 
     # ---- phases --------------------------------------------------------------------------------------------
     def build(self, samples: list[Sample], extra_prompts: Iterable[str] = ()) -> CacheIndex:
@@ -98,10 +125,16 @@ class CacheBuilder:
         bar = self.progress("text embeddings", len(missing))
         for i in range(0, len(missing), self.text_batch_size):
             chunk = missing[i : i + self.text_batch_size]
-            for caption, tensors in zip(chunk, self.family.encode_text(tokenizer, encoder, chunk,
-                                                                        self.max_sequence_length), strict=True):
-                self.index.text.save(keys[caption], {k: v.to(self.dtype) for k, v in tensors.items()},
-                                     {"caption": caption[:2000]})
+            for caption, tensors in zip(
+                chunk,
+                self.family.encode_text(tokenizer, encoder, chunk, self.max_sequence_length),
+                strict=True,
+            ):
+                self.index.text.save(
+                    keys[caption],
+                    {k: v.to(self.dtype) for k, v in tensors.items()},
+                    {"caption": caption[:2000]},
+                )
             if bar is not None:
                 bar(len(chunk))
         _free(encoder)
@@ -131,9 +164,14 @@ class CacheBuilder:
             pixels = load_pixels(sample, window).unsqueeze(0)
             frames += pixels.shape[2]
             (tensors,) = self.family.encode_video(vae, pixels)
-            meta = {"path": str(sample.path), "start": str(sample.window_starts[window]),
-                    "bucket": sample.bucket.key}
-            self.index.latents[sample.dataset_id].save(key, {k: v.to(self.dtype) for k, v in tensors.items()}, meta)
+            meta = {
+                "path": str(sample.path),
+                "start": str(sample.window_starts[window]),
+                "bucket": sample.bucket.key,
+            }
+            self.index.latents[sample.dataset_id].save(
+                key, {k: v.to(self.dtype) for k, v in tensors.items()}, meta
+            )
             if bar is not None:
                 bar(1)
         _free(vae)

@@ -36,7 +36,9 @@ class TensorCache:
     def has(self, key: str) -> bool:
         return self.path(key).exists()
 
-    def save(self, key: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    def save(
+        self, key: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+    ) -> None:
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")

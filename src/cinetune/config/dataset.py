@@ -15,23 +15,34 @@ class VideoOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    num_frames: int = Field(49, ge=1, description="Frames per training sample (adjusted down to the model's frame rule).")
+    num_frames: int = Field(
+        49, ge=1, description="Frames per training sample (adjusted down to the model's frame rule)."
+    )
     min_frames: int | None = Field(
-        None, ge=1, description="Clips shorter than this (at the dataset frame rate) are skipped. Default: num_frames."
+        None,
+        ge=1,
+        description="Clips shorter than this (at the dataset frame rate) are skipped. Default: num_frames.",
     )
     max_frames: int | None = Field(
-        None, ge=1, description="Clips longer than this (at the dataset frame rate) are skipped. Default: no limit."
+        None,
+        ge=1,
+        description="Clips longer than this (at the dataset frame rate) are skipped. Default: no limit.",
     )
     frame_rate: float | None = Field(
-        None, gt=0, description="Frames per second clips are resampled to. Default: the top-level `frame_rate`."
+        None,
+        gt=0,
+        description="Frames per second clips are resampled to. Default: the top-level `frame_rate`.",
     )
     bucket_strategy: Literal["aspect_ratio", "resolution_frames"] = Field(
         "aspect_ratio",
-        description="aspect_ratio: buckets by shape, every sample num_frames long. resolution_frames: buckets "
-        "'WxH@F', each clip trains on all its frames (rounded down to the frame rule and frame_interval).",
+        description="aspect_ratio: buckets by shape, every sample num_frames long. "
+        "resolution_frames: buckets 'WxH@F', each clip trains on all its frames "
+        "(rounded down to the frame rule and frame_interval).",
     )
     frame_interval: int = Field(
-        1, ge=1, description="With resolution_frames: frame counts are 1 + a multiple of lcm(frame rule, this), "
+        1,
+        ge=1,
+        description="With resolution_frames: frame counts are 1 + a multiple of lcm(frame rule, this), "
         "so fewer distinct frame buckets form.",
     )
     windows_per_clip: int = Field(
@@ -45,9 +56,13 @@ class VideoOptions(BaseModel):
     @model_validator(mode="after")
     def _frames_consistent(self) -> VideoOptions:
         if self.min_frames is not None and self.min_frames > self.num_frames:
-            raise ValueError(f"video.min_frames ({self.min_frames}) is above video.num_frames ({self.num_frames})")
+            raise ValueError(
+                f"video.min_frames ({self.min_frames}) is above video.num_frames ({self.num_frames})"
+            )
         if self.max_frames is not None and self.max_frames < self.num_frames:
-            raise ValueError(f"video.max_frames ({self.max_frames}) is below video.num_frames ({self.num_frames})")
+            raise ValueError(
+                f"video.max_frames ({self.max_frames}) is below video.num_frames ({self.num_frames})"
+            )
         return self
 
 
@@ -57,45 +72,71 @@ class DatasetConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(..., min_length=1, description="Unique name of this dataset.")
-    type: Literal["local"] = Field("local", description="Where the data lives; only 'local' folders are supported.")
-    dataset_type: Literal["video", "image", "text_embeds"] = Field(
-        "video", description="video and image datasets hold samples; text_embeds says where caption embeddings go."
+    type: Literal["local"] = Field(
+        "local", description="Where the data lives; only 'local' folders are supported."
     )
-    instance_data_dir: Path | None = Field(None, description="Folder with the clips (and their .txt captions).")
+    dataset_type: Literal["video", "image", "text_embeds"] = Field(
+        "video",
+        description="video and image datasets hold samples; text_embeds says where caption embeddings go.",
+    )
+    instance_data_dir: Path | None = Field(
+        None, description="Folder with the clips (and their .txt captions)."
+    )
     caption_strategy: CaptionStrategy = Field(
         "textfile",
-        description="textfile: same-named .txt (one caption per line); filename: the file name; instanceprompt: "
-        "`instance_prompt` for all; jsonl/csv: a metadata file with file_name and caption columns.",
+        description="textfile: same-named .txt (one caption per line); filename: the file name; "
+        "instanceprompt: `instance_prompt` for all; "
+        "jsonl/csv: a metadata file with file_name and caption columns.",
     )
-    instance_prompt: str | None = Field(None, description="The caption of every clip with caption_strategy instanceprompt.")
+    instance_prompt: str | None = Field(
+        None, description="The caption of every clip with caption_strategy instanceprompt."
+    )
     metadata_file: Path | None = Field(
-        None, description="jsonl/csv metadata file. Default: metadata.jsonl / metadata.csv in instance_data_dir."
+        None,
+        description="jsonl/csv metadata file. Default: metadata.jsonl / metadata.csv in instance_data_dir.",
     )
     resolution: int = Field(512, ge=16, description="Target size in pixels (see resolution_type).")
     resolution_type: Literal["pixel", "pixel_area"] = Field(
         "pixel_area",
-        description="pixel: the short side becomes `resolution`; pixel_area: the bucket's area is about resolution².",
+        description="pixel: the short side becomes `resolution`; "
+        "pixel_area: the bucket's area is about resolution².",
     )
     repeats: int = Field(0, ge=0, description="Extra passes over this dataset per epoch (0 = seen once).")
-    cache_dir: Path | None = Field(None, description="text_embeds datasets: where caption embeddings are cached.")
-    cache_dir_vae: Path | None = Field(None, description="video/image datasets: where VAE latents are cached.")
+    cache_dir: Path | None = Field(
+        None, description="text_embeds datasets: where caption embeddings are cached."
+    )
+    cache_dir_vae: Path | None = Field(
+        None, description="video/image datasets: where VAE latents are cached."
+    )
     default: bool = Field(False, description="text_embeds: this is the default caption-embedding cache.")
     disabled: bool = Field(False, description="Skip this entry entirely.")
-    write_batch_size: int = Field(16, ge=1, description="text_embeds: captions encoded per text-encoder call.")
-    crop: bool = Field(True, description="Center-crop to the bucket after resizing the short side (must be true).")
+    write_batch_size: int = Field(
+        16, ge=1, description="text_embeds: captions encoded per text-encoder call."
+    )
+    crop: bool = Field(
+        True, description="Center-crop to the bucket after resizing the short side (must be true)."
+    )
     crop_style: Literal["center"] = Field("center", description="Only center crops are supported.")
-    video: VideoOptions | None = Field(None, description="Video options (num_frames, min_frames, buckets...).")
+    video: VideoOptions | None = Field(
+        None, description="Video options (num_frames, min_frames, buckets...)."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> DatasetConfig:
         if self.disabled:
             return self
         if self.dataset_type in ("video", "image") and self.instance_data_dir is None:
-            raise ValueError(f"dataset '{self.id}': instance_data_dir is required for a {self.dataset_type} dataset")
+            raise ValueError(
+                f"dataset '{self.id}': instance_data_dir is required for a {self.dataset_type} dataset"
+            )
         if self.caption_strategy == "instanceprompt" and not self.instance_prompt:
-            raise ValueError(f"dataset '{self.id}': caption_strategy 'instanceprompt' needs `instance_prompt`")
+            raise ValueError(
+                f"dataset '{self.id}': caption_strategy 'instanceprompt' needs `instance_prompt`"
+            )
         if not self.crop:
-            raise ValueError(f"dataset '{self.id}': crop=false is not supported yet; clips are center-cropped")
+            raise ValueError(
+                f"dataset '{self.id}': crop=false is not supported yet; clips are center-cropped"
+            )
         if self.dataset_type == "video" and self.video is None:
             self.video = VideoOptions()
         if self.dataset_type == "image" and self.video is not None:
@@ -121,7 +162,9 @@ class DataBackendConfig(BaseModel):
         if dupes:
             raise ValueError(f"dataset ids must be unique; repeated: {', '.join(dupes)}")
         if not self.media:
-            raise ValueError("no enabled video or image dataset: add one with dataset_type 'video' or 'image'")
+            raise ValueError(
+                "no enabled video or image dataset: add one with dataset_type 'video' or 'image'"
+            )
         embeds = [d for d in self.datasets if d.dataset_type == "text_embeds" and not d.disabled]
         if len([d for d in embeds if d.default]) > 1:
             raise ValueError("only one text_embeds dataset may have default=true")

@@ -1,21 +1,21 @@
-"""Load config files (JSON or TOML), apply --key=value overrides, and turn schema errors into user messages."""
+"""Load config files (JSON or TOML), apply --key=value overrides, turn schema errors into user messages."""
 
 from __future__ import annotations
 
 import difflib
 import json
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import tomllib
 from pydantic import BaseModel, ValidationError
 
 from cinetune.config.dataset import DataBackendConfig, DatasetConfig, VideoOptions
 from cinetune.config.train import TrainConfig
 from cinetune.errors import ConfigError, NotSupportedYet
 
-# Keys the well-known quickstarts use for features cinetune has not built yet. They are rejected, never ignored.
+# Keys the well-known quickstarts use for features not built yet: rejected, never ignored.
 NOT_SUPPORTED_YET: dict[str, str] = {
     "enable_group_offload": "group offload",
     "group_offload_type": "group offload",
@@ -78,7 +78,7 @@ def _strip_dashes(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_override_value(text: str) -> Any:
-    """'2e-4' -> 2e-4, 'true' -> True, '[\"a\"]' -> ['a'], 'hello' -> 'hello'. pydantic then coerces to the field."""
+    """'2e-4' -> 2e-4, 'true' -> True, '[\"a\"]' -> ['a'], 'hello' -> 'hello'; pydantic coerces later."""
     try:
         return json.loads(text)
     except json.JSONDecodeError:
@@ -120,7 +120,8 @@ def _check_keys(raw: dict[str, Any], model: type[BaseModel], where: str) -> None
             continue
         if key in NOT_SUPPORTED_YET:
             raise NotSupportedYet(
-                f"{where}: '{key}' ({NOT_SUPPORTED_YET[key]}) is not supported yet; remove the key to train without it"
+                f"{where}: '{key}' ({NOT_SUPPORTED_YET[key]}) is not supported yet; "
+                "remove the key to train without it"
             )
         close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
         hint = f"; did you mean '{close[0]}'?" if close else ""

@@ -33,7 +33,9 @@ class TrainConfig(BaseModel):
 
     # model
     model_family: str = Field(..., description="Model family: ltxvideo (LTX-Video 0.9.x).")
-    model_flavour: str | None = Field(None, description="Release of the family (see `cinetune check`); default per family.")
+    model_flavour: str | None = Field(
+        None, description="Release of the family (see `cinetune check`); default per family."
+    )
     pretrained_model_name_or_path: str | None = Field(
         None, description="Hub id or local diffusers-format folder. Default: the flavour's hub repo."
     )
@@ -43,12 +45,16 @@ class TrainConfig(BaseModel):
         "no_change", description="Storage dtype of frozen weights. no_change: the mixed_precision dtype."
     )
     # output and data
-    output_dir: Path = Field(Path("output"), description="Where checkpoints, LoRA files, validation videos and logs go.")
+    output_dir: Path = Field(
+        Path("output"), description="Where checkpoints, LoRA files, validation videos and logs go."
+    )
     data_backend_config: Path = Field(
         Path("config/multidatabackend.json"), description="Path of the dataset file (multidatabackend.json)."
     )
     # schedule
-    train_batch_size: int = Field(1, ge=1, description="Samples per device per step; a batch comes from one bucket.")
+    train_batch_size: int = Field(
+        1, ge=1, description="Samples per device per step; a batch comes from one bucket."
+    )
     learning_rate: float = Field(1e-4, gt=0, description="Peak learning rate.")
     lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = Field(
         "constant", description="Learning-rate schedule after warmup."
@@ -59,7 +65,9 @@ class TrainConfig(BaseModel):
     gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm; 0 disables clipping.")
     mixed_precision: Precision = Field("bf16", description="Compute dtype: bf16, fp16 or no/fp32.")
-    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in backward to save memory."
+    )
     seed: int = Field(42, description="Seed of everything random: frame windows, noise, sigmas, dropout.")
     optimizer: Literal["adamw", "adamw_fused"] = Field("adamw", description="Optimizer: torch AdamW.")
     adam_beta1: float = Field(0.9, description="AdamW beta1.")
@@ -77,8 +85,8 @@ class TrainConfig(BaseModel):
     )
     vae_latent_sampling: Literal["sample", "mean"] = Field(
         "sample",
-        description="sample: draw x0 from the cached VAE posterior each step (as the LTX-Video trainer does); "
-        "mean: train on the posterior mean.",
+        description="sample: draw x0 from the cached VAE posterior each step (as the LTX-Video "
+        "trainer does); mean: train on the posterior mean.",
     )
     # lora
     lora_rank: int = Field(64, ge=1, description="LoRA rank.")
@@ -92,7 +100,9 @@ class TrainConfig(BaseModel):
         "default", description="LoRA init (peft init_lora_weights); default: A random, B zero."
     )
     # checkpoints
-    checkpointing_steps: int | None = Field(None, ge=1, description="Save a resumable checkpoint every N steps.")
+    checkpointing_steps: int | None = Field(
+        None, ge=1, description="Save a resumable checkpoint every N steps."
+    )
     checkpoints_total_limit: int | None = Field(None, ge=1, description="Keep at most this many checkpoints.")
     resume_from_checkpoint: str | None = Field(
         None, description="'latest' or a checkpoint folder; resumes the run exactly where it stopped."
@@ -100,17 +110,23 @@ class TrainConfig(BaseModel):
     # validation
     validation_steps: int | None = Field(None, ge=1, description="Generate validation videos every N steps.")
     validation_prompt: str | None = Field(None, description="Prompt of the validation videos.")
-    validation_negative_prompt: str = Field("", description="Negative prompt for validation (with guidance > 1).")
+    validation_negative_prompt: str = Field(
+        "", description="Negative prompt for validation (with guidance > 1)."
+    )
     validation_prompt_library: Path | dict[str, str] | None = Field(
         None, description="JSON file (or inline object) of name -> prompt; each is generated at validation."
     )
     validation_resolution: str = Field("768x512", description="'WxH' or several: '768x512,512x768'.")
     validation_num_video_frames: int = Field(49, ge=1, description="Frames of each validation video.")
-    validation_guidance: float = Field(3.0, ge=0, description="Classifier-free guidance scale for validation.")
+    validation_guidance: float = Field(
+        3.0, ge=0, description="Classifier-free guidance scale for validation."
+    )
     validation_num_inference_steps: int = Field(30, ge=1, description="Denoising steps for validation.")
     validation_seed: int | None = Field(None, description="Seed of the validation noise. Default: seed.")
     disable_validation: bool = Field(False, description="Never generate validation videos.")
-    frame_rate: float = Field(25.0, gt=0, description="Frames per second of training clips and validation videos.")
+    frame_rate: float = Field(
+        25.0, gt=0, description="Frames per second of training clips and validation videos."
+    )
     # logging
     report_to: Literal["tensorboard", "wandb", "none"] = Field("tensorboard", description="Where metrics go.")
     tracker_project_name: str = Field("cinetune", description="Project name for the tracker.")
@@ -134,7 +150,9 @@ class TrainConfig(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
         if self.validation_steps and not (self.validation_prompt or self.validation_prompt_library):
-            raise ValueError("validation_steps is set but there is no validation_prompt or validation_prompt_library")
+            raise ValueError(
+                "validation_steps is set but there is no validation_prompt or validation_prompt_library"
+            )
         if self.mixed_precision == "fp32":
             self.mixed_precision = "no"
         return self

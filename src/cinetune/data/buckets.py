@@ -95,7 +95,7 @@ def bucket_frames(avail_frames: int, ds: DatasetConfig, rule: FrameRule, default
     return frames if frames >= min_frames_needed(ds, rule, default_frames) else None
 
 
-def choose_bucket(  # noqa: PLR0917 (the agreed positional signature)
+def choose_bucket(
     width: int, height: int, avail_frames: int, ds: DatasetConfig, rule: FrameRule, default_frames: int
 ) -> Bucket | None:
     """The bucket of a (width x height, avail_frames) source in dataset `ds`, or None when it is too short.

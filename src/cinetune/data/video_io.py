@@ -181,7 +181,7 @@ def fit_image(img: Image.Image, size: tuple[int, int]) -> np.ndarray:
     return np.array(out, dtype=np.uint8)  # a writable copy: torch.from_numpy warns on read-only arrays
 
 
-def read_window(  # noqa: PLR0917 (the agreed positional signature)
+def read_window(
     path: Path, info: MediaInfo, start: int, num_frames: int, frame_rate: float, size: tuple[int, int]
 ) -> np.ndarray:
     """Resampled frames start..start+num_frames-1, fitted to `size` (width, height): uint8 (F, H, W, 3)."""

@@ -25,28 +25,42 @@ COMFYUI_FILE = "pytorch_lora_weights_comfyui.safetensors"
 _METADATA_KEY = "lora_adapter_metadata"
 
 
-def save_diffusers_lora(output_dir: Path, pipeline_class: type, model: torch.nn.Module,
-                        adapter_config: dict[str, Any], dtype: torch.dtype = torch.float32) -> Path:
+def save_diffusers_lora(
+    output_dir: Path,
+    pipeline_class: type,
+    model: torch.nn.Module,
+    adapter_config: dict[str, Any],
+    dtype: torch.dtype = torch.float32,
+) -> Path:
     """Write the LoRA of `model` in the layout `pipeline_class.load_lora_weights` reads."""
     state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in get_peft_model_state_dict(model).items()}
-    pipeline_class.save_lora_weights(output_dir, transformer_lora_layers=state,
-                                     transformer_lora_adapter_metadata=adapter_config, weight_name=DIFFUSERS_FILE)
+    pipeline_class.save_lora_weights(
+        output_dir,
+        transformer_lora_layers=state,
+        transformer_lora_adapter_metadata=adapter_config,
+        weight_name=DIFFUSERS_FILE,
+    )
     return Path(output_dir) / DIFFUSERS_FILE
 
 
 def read_lora(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Tensors and the adapter config (rank, alpha) stored in a diffusers LoRA file."""
     if not path.exists():
-        raise ConfigError(f"no LoRA file at {path}: train first, or pass the folder that holds {DIFFUSERS_FILE}")
+        raise ConfigError(
+            f"no LoRA file at {path}: train first, or pass the folder that holds {DIFFUSERS_FILE}"
+        )
     with safe_open(str(path), framework="pt") as handle:
-        tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118 (safe_open is not a dict)
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
         metadata = handle.metadata() or {}
     config: dict[str, Any] = {}
     if _METADATA_KEY in metadata:
         config = json.loads(metadata[_METADATA_KEY]).get("transformer", {}) or {}
         if not config:
-            config = {k.split(".", 1)[1]: v for k, v in json.loads(metadata[_METADATA_KEY]).items()
-                      if k.startswith("transformer.")}
+            config = {
+                k.split(".", 1)[1]: v
+                for k, v in json.loads(metadata[_METADATA_KEY]).items()
+                if k.startswith("transformer.")
+            }
     return tensors, config
 
 
@@ -69,6 +83,9 @@ def export_comfyui(output_dir: Path, renames: dict[str, str]) -> Path:
     rank = config.get("r")
     alpha = config.get("lora_alpha", rank)
     target = Path(output_dir) / COMFYUI_FILE
-    save_file(to_comfyui(tensors, alpha, renames), str(target),
-              metadata={"format": "comfyui", "rank": str(rank), "alpha": str(alpha)})
+    save_file(
+        to_comfyui(tensors, alpha, renames),
+        str(target),
+        metadata={"format": "comfyui", "rank": str(rank), "alpha": str(alpha)},
+    )
     return target

@@ -1,7 +1,8 @@
 """The ModelFamily interface and the typed containers the generic trainer reads.
 
-A family is a small spec: what it can do is declared as data (frame rule, latent layout, LoRA targets), and the
-few computations that differ between architectures are methods. The trainer never branches on a family name.
+A family is a small spec: what it can do is declared as data (frame rule, latent layout, LoRA targets),
+and the few computations that differ between architectures are methods. The trainer never
+branches on a family name.
 """
 
 from __future__ import annotations
@@ -40,7 +41,10 @@ class FrameRule:
         if fixed != num_frames:
             logger.warning(
                 "%s=%d breaks the frame rule (frames = %dk+1); using %d",
-                what, num_frames, self.temporal_multiple, fixed,
+                what,
+                num_frames,
+                self.temporal_multiple,
+                fixed,
             )
         return fixed
 
@@ -85,3 +89,17 @@ class ModelFamily:
     default_frame_rate: ClassVar[float] = 25.0
     pipeline_class: ClassVar[type]
     comfyui_renames: ClassVar[dict[str, str]] = {}
+
+    def training_loss(
+        self,
+        model: torch.nn.Module,
+        batch: Any,
+        generator: torch.Generator,
+        sigma_sampler: str,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> torch.Tensor:
+        """One flow-matching loss on a cached batch. Families with several modalities override this."""
+        from cinetune.training.step import single_stream_flow_loss
+
+        return single_stream_flow_loss(self, model, batch, generator, sigma_sampler, device, dtype)

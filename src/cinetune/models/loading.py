@@ -1,4 +1,4 @@
-"""Where a family's weights come from: a hub repo, a local diffusers-format folder, or the built-in tiny model."""
+"""Where a family's weights come from: a hub repo, a local diffusers folder, or the built-in tiny model."""
 
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ class ComponentLoader:
             raise ConfigError(f"flavour '{flavour}' has no hub repo: set pretrained_model_name_or_path")
         if source is not None and source.endswith((".safetensors", ".ckpt", ".pt")):
             raise NotSupportedYet(
-                f"pretrained_model_name_or_path '{source}' is a single-file checkpoint: not supported yet for this "
-                "family; use a diffusers-format folder or hub repo"
+                f"pretrained_model_name_or_path '{source}' is a single-file checkpoint: not supported "
+                "yet for this family; use a diffusers-format folder or hub repo"
             )
 
     @property
@@ -38,20 +38,24 @@ class ComponentLoader:
         if self.is_local and not (Path(self.source) / subfolder).is_dir():
             raise ConfigError(
                 f"pretrained_model_name_or_path '{self.source}' has no '{subfolder}' folder: expected a "
-                "diffusers-format model folder (model_index.json, transformer/, vae/, text_encoder/, tokenizer/, "
-                "scheduler/)"
+                "diffusers-format model folder (model_index.json, transformer/, vae/, text_encoder/, "
+                "tokenizer/, scheduler/)"
             )
         try:
             return cls.from_pretrained(self.source, subfolder=subfolder, revision=self.revision, **kwargs)
         except (OSError, ValueError) as exc:
             raise ConfigError(
-                f"could not load {subfolder} from '{self.source}': {str(exc).splitlines()[0]}. Check the hub id and "
-                "your network / HF token, or point pretrained_model_name_or_path at a local diffusers folder."
+                f"could not load {subfolder} from '{self.source}': {str(exc).splitlines()[0]}. "
+                "Check the hub id and your network / HF token, "
+                "or point pretrained_model_name_or_path at a local diffusers folder."
             ) from exc
 
     def identity(self, subfolder: str) -> str:
-        """A short fingerprint of one component's source for cache keys: source + its config (+ weights' stat)."""
-        parts: dict[str, Any] = {"source": self.source or f"builtin:{self.flavour}", "revision": self.revision}
+        """Short fingerprint of a component for cache keys: its source and its files' sizes and times."""
+        parts: dict[str, Any] = {
+            "source": self.source or f"builtin:{self.flavour}",
+            "revision": self.revision,
+        }
         if self.is_local:
             folder = Path(self.source) / subfolder
             for path in sorted(folder.glob("*")):

@@ -10,8 +10,13 @@ from cinetune.models.loading import ComponentLoader
 from cinetune.models.ltxvideo import LTXVideoFamily
 
 FAMILIES: dict[str, type[ModelFamily]] = {cls.name: cls for cls in (LTXVideoFamily,)}
-_NOT_BUILT = {"ltxvideo2": "LTX-2", "kandinsky5-video": "Kandinsky 5 Video", "kandinsky5_video": "Kandinsky 5 Video",
-              "wan": "Wan", "hunyuanvideo": "HunyuanVideo"}
+_NOT_BUILT = {
+    "ltxvideo2": "LTX-2",
+    "kandinsky5-video": "Kandinsky 5 Video",
+    "kandinsky5_video": "Kandinsky 5 Video",
+    "wan": "Wan",
+    "hunyuanvideo": "HunyuanVideo",
+}
 
 
 def family_class(name: str) -> type[ModelFamily]:
@@ -19,8 +24,10 @@ def family_class(name: str) -> type[ModelFamily]:
         if name == cls.name or name in cls.aliases:
             return cls
     if name in _NOT_BUILT:
-        raise ConfigError(f"model_family '{name}' ({_NOT_BUILT[name]}) is not supported yet; "
-                          f"available: {', '.join(FAMILIES)}")
+        raise ConfigError(
+            f"model_family '{name}' ({_NOT_BUILT[name]}) is not supported yet; "
+            f"available: {', '.join(FAMILIES)}"
+        )
     close = difflib.get_close_matches(name, list(FAMILIES), n=1)
     hint = f"; did you mean '{close[0]}'?" if close else ""
     raise ConfigError(f"model_family: unknown family '{name}'{hint} (available: {', '.join(FAMILIES)})")
@@ -31,8 +38,10 @@ def resolve_flavour(cls: type[ModelFamily], flavour: str | None) -> Flavour:
     if name not in cls.flavours:
         close = difflib.get_close_matches(name, list(cls.flavours), n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"model_flavour: '{name}' is not a {cls.name} flavour{hint} "
-                          f"(available: {', '.join(cls.flavours)})")
+        raise ConfigError(
+            f"model_flavour: '{name}' is not a {cls.name} flavour{hint} "
+            f"(available: {', '.join(cls.flavours)})"
+        )
     return cls.flavours[name]
 
 

@@ -19,8 +19,16 @@ class Batch:
     frame_rate: float
 
 
-def load_batch(indices: list[int], samples: list[Sample], cache: CacheIndex, family: ModelFamily, epoch: int,
-               generator: torch.Generator, caption_dropout: float, use_std: bool) -> Batch:
+def load_batch(
+    indices: list[int],
+    samples: list[Sample],
+    cache: CacheIndex,
+    family: ModelFamily,
+    epoch: int,
+    generator: torch.Generator,
+    caption_dropout: float,
+    use_std: bool,
+) -> Batch:
     """Every random choice (caption line, dropout) comes from `generator`, whose state checkpoints keep."""
     latents, stds, texts = [], [], []
     for index in indices:

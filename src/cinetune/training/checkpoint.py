@@ -41,7 +41,9 @@ def resolve_checkpoint(output_dir: Path, spec: str | None) -> Path | None:
     if not path.is_absolute() and not path.exists():
         path = Path(output_dir) / spec
     if not (path / "state.json").exists():
-        raise ConfigError(f"resume_from_checkpoint: '{spec}' is not a checkpoint folder (no state.json in {path})")
+        raise ConfigError(
+            f"resume_from_checkpoint: '{spec}' is not a checkpoint folder (no state.json in {path})"
+        )
     return path
 
 
@@ -51,7 +53,9 @@ class Checkpointer:
         self.total_limit = total_limit
         self.accelerator = accelerator
 
-    def save(self, step: int, model: torch.nn.Module, optimizer: Any, scheduler: Any, state: TrainState) -> Path:
+    def save(
+        self, step: int, model: torch.nn.Module, optimizer: Any, scheduler: Any, state: TrainState
+    ) -> Path:
         acc = self.accelerator
         final = self.output_dir / f"checkpoint-{step}"
         tmp = self.output_dir / f".tmp-checkpoint-{step}"
@@ -62,7 +66,9 @@ class Checkpointer:
             save_file(lora, str(tmp / LORA_FILE))
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-            (tmp / "state.json").write_text(json.dumps({**state.state_dict(), "world_size": acc.num_processes}))
+            (tmp / "state.json").write_text(
+                json.dumps({**state.state_dict(), "world_size": acc.num_processes})
+            )
         acc.wait_for_everyone()
         torch.save(rng_state(state.generator), tmp / f"rng_{acc.process_index}.pt")
         acc.wait_for_everyone()
@@ -82,18 +88,25 @@ class Checkpointer:
             shutil.rmtree(old, ignore_errors=True)
             logger.info("removed old checkpoint %s (checkpoints_total_limit=%d)", old, self.total_limit)
 
-    def load(self, path: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any, state: TrainState) -> None:
+    def load(
+        self, path: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any, state: TrainState
+    ) -> None:
         meta = json.loads((path / "state.json").read_text())
         if meta.get("world_size", 1) != self.accelerator.num_processes:
-            raise ConfigError(f"checkpoint {path} was written by {meta.get('world_size')} process(es); resume it "
-                              f"with the same number (now {self.accelerator.num_processes})")
+            raise ConfigError(
+                f"checkpoint {path} was written by {meta.get('world_size')} process(es); resume it "
+                f"with the same number (now {self.accelerator.num_processes})"
+            )
         lora = load_file(str(path / LORA_FILE))
         result = set_peft_model_state_dict(model, lora)
         if getattr(result, "unexpected_keys", None):
-            raise ConfigError(f"checkpoint {path} does not match this LoRA setup: unexpected {result.unexpected_keys[:3]}")
+            raise ConfigError(
+                f"checkpoint {path} does not match this LoRA setup: unexpected {result.unexpected_keys[:3]}"
+            )
         optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
         scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
         state.load_state_dict(meta)
-        load_rng_state(torch.load(path / f"rng_{self.accelerator.process_index}.pt", weights_only=False),
-                       state.generator)
+        load_rng_state(
+            torch.load(path / f"rng_{self.accelerator.process_index}.pt", weights_only=False), state.generator
+        )
         logger.info("resumed from %s at step %d", path, state.step)

@@ -27,9 +27,13 @@ def flow_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | Non
     return (err * m).sum() / m.sum().clamp(min=1.0)
 
 
-def sample_latents(latents: torch.Tensor, latents_std: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
+def sample_latents(
+    latents: torch.Tensor, latents_std: torch.Tensor | None, generator: torch.Generator
+) -> torch.Tensor:
     """Draw x0 from the cached (normalized) posterior: mean + std * eps. Without a std, the mean itself."""
     if latents_std is None:
         return latents
-    eps = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(latents.device, latents.dtype)
+    eps = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(
+        latents.device, latents.dtype
+    )
     return latents + latents_std * eps

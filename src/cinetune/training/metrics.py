@@ -26,7 +26,7 @@ class MetricsLog:
             self.accelerator.log(values, step=step)
 
     def log_video_frames(self, step: int, name: str, frames: np.ndarray) -> None:
-        """Tensorboard/wandb get the first, middle and last frame side by side (no video codec needed there)."""
+        """Trackers get the first, middle and last frame side by side (no video codec needed there)."""
         if not (self.trackers and self.accelerator.is_main_process):
             return
         strip = np.concatenate([frames[0], frames[len(frames) // 2], frames[-1]], axis=1)
@@ -41,7 +41,11 @@ class MetricsLog:
 
 def make_progress(enabled: bool) -> Progress:
     return Progress(
-        TextColumn("[bold]step"), MofNCompleteColumn(), BarColumn(),
+        TextColumn("[bold]step"),
+        MofNCompleteColumn(),
+        BarColumn(),
         TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  {task.fields[sps]:.2f} s/step"),
-        TextColumn("ETA"), TimeRemainingColumn(), disable=not enabled,
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        disable=not enabled,
     )

@@ -10,14 +10,21 @@ from cinetune.config import TrainConfig
 
 def build_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
     fused = cfg.optimizer == "adamw_fused" and torch.cuda.is_available()
-    return torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                             weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon, fused=fused or None)
+    return torch.optim.AdamW(
+        params,
+        lr=cfg.learning_rate,
+        betas=(cfg.adam_beta1, cfg.adam_beta2),
+        weight_decay=cfg.adam_weight_decay,
+        eps=cfg.adam_epsilon,
+        fused=fused or None,
+    )
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int):
-    """constant / constant_with_warmup / linear / cosine, with linear warmup; stepped once per optimizer step."""
+    """constant / constant_with_warmup / linear / cosine with linear warmup; one step per optimizer step."""
     name = cfg.lr_scheduler
     if name == "constant" and cfg.lr_warmup_steps:
         name = "constant_with_warmup"
-    return get_scheduler(name, optimizer=optimizer, num_warmup_steps=cfg.lr_warmup_steps,
-                         num_training_steps=total_steps)
+    return get_scheduler(
+        name, optimizer=optimizer, num_warmup_steps=cfg.lr_warmup_steps, num_training_steps=total_steps
+    )

@@ -22,8 +22,9 @@ class Item:
     group: str  # bucket key + frame rate: what may share a batch
 
 
-def epoch_batches(items: list[Item], batch_size: int, seed: int, epoch: int, rank: int = 0,
-                  world_size: int = 1) -> list[list[int]]:
+def epoch_batches(
+    items: list[Item], batch_size: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1
+) -> list[list[int]]:
     """This rank's batches (lists of sample indices) for one epoch.
 
     Items are shuffled within their group, cut into full batches (a remainder smaller than the batch is left
@@ -53,8 +54,12 @@ def check_batchable(items: list[Item], batch_size: int, world_size: int) -> None
         counts[item.group] += 1
     small = {g: n for g, n in counts.items() if n < batch_size}
     for group, n in sorted(small.items()):
-        logger.warning("bucket %s has %d sample(s), fewer than train_batch_size=%d: it will not train", group, n,
-                       batch_size)
+        logger.warning(
+            "bucket %s has %d sample(s), fewer than train_batch_size=%d: it will not train",
+            group,
+            n,
+            batch_size,
+        )
     full = sum(n // batch_size for n in counts.values())
     if full < world_size:
         from cinetune.errors import DataError

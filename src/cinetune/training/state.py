@@ -26,8 +26,12 @@ class TrainState:
 
 def rng_state(generator: torch.Generator) -> dict[str, Any]:
     """RNG states of this process: python, numpy, torch (cpu, cuda) and the trainer's own generator."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-             "generator": generator.get_state()}
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "generator": generator.get_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state

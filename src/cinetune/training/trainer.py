@@ -29,7 +29,6 @@ from cinetune.training.metrics import MetricsLog, make_progress
 from cinetune.training.optim import build_optimizer, build_scheduler
 from cinetune.training.sampler import Item, check_batchable, epoch_batches
 from cinetune.training.state import TrainState
-from cinetune.training.step import compute_loss
 from cinetune.training.validation import Validator, validation_prompts
 
 logger = logging.getLogger(__name__)
@@ -48,7 +47,7 @@ def make_accelerator(cfg: Any) -> Accelerator:
     if mixed != cfg.mixed_precision:
         logger.warning("fp16 mixed precision needs a GPU; training in fp32 on the CPU")
     if "WORLD_SIZE" not in os.environ:
-        # accelerate keeps process-wide singletons; a second run in one process (tests, the web server) starts fresh
+        # accelerate keeps process-wide singletons: a second run in one process starts fresh
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
     return Accelerator(mixed_precision=mixed, cpu=use_cpu, log_with=trackers, project_dir=str(cfg.output_dir))
@@ -59,15 +58,21 @@ class Trainer:
         self.cfg = loaded.train
         self.data_cfg = loaded.data
         self.acc = accelerator or make_accelerator(self.cfg)
-        self.family = build_family(self.cfg.model_family, self.cfg.model_flavour,
-                                   self.cfg.pretrained_model_name_or_path)
+        self.family = build_family(
+            self.cfg.model_family, self.cfg.model_flavour, self.cfg.pretrained_model_name_or_path
+        )
         self.device = self.acc.device
         self.dtype = _DTYPES[self.acc.mixed_precision]
-        self.weight_dtype = (self.dtype if self.cfg.base_model_precision == "no_change"
-                             else _DTYPES[self.cfg.base_model_precision])
+        self.weight_dtype = (
+            self.dtype
+            if self.cfg.base_model_precision == "no_change"
+            else _DTYPES[self.cfg.base_model_precision]
+        )
         self.output_dir = Path(self.cfg.output_dir)
         self.report = SkipReport()
-        self.state = TrainState(generator=torch.Generator().manual_seed(self.cfg.seed + 7919 * self.acc.process_index))
+        self.state = TrainState(
+            generator=torch.Generator().manual_seed(self.cfg.seed + 7919 * self.acc.process_index)
+        )
         self.max_sequence_length = self.cfg.max_sequence_length or self.family.default_max_sequence_length
 
     # ---- phases --------------------------------------------------------------------------------------------
@@ -81,8 +86,9 @@ class Trainer:
         return self.export()
 
     def scan(self) -> None:
-        self.samples = scan_datasets(self.data_cfg.media, self.family.frame_rule, self.cfg.frame_rate,
-                                     self.cfg.seed, self.report)
+        self.samples = scan_datasets(
+            self.data_cfg.media, self.family.frame_rule, self.cfg.frame_rate, self.cfg.seed, self.report
+        )
         if self.acc.is_main_process:
             self.report.save(self.output_dir)
             if len(self.report):
@@ -90,16 +96,24 @@ class Trainer:
 
     def cache_roots(self) -> tuple[Path, dict[str, Path]]:
         embeds = self.data_cfg.text_embeds
-        text_root = (embeds.cache_dir if embeds and embeds.cache_dir else self.output_dir / "cache" / "text")
-        latent_roots = {d.id: d.cache_dir_vae or self.output_dir / "cache" / "vae" / d.id for d in self.data_cfg.media}
+        text_root = embeds.cache_dir if embeds and embeds.cache_dir else self.output_dir / "cache" / "text"
+        latent_roots = {
+            d.id: d.cache_dir_vae or self.output_dir / "cache" / "vae" / d.id for d in self.data_cfg.media
+        }
         return Path(text_root), {k: Path(v) for k, v in latent_roots.items()}
 
     def cache(self) -> CacheIndex:
         text_root, latent_roots = self.cache_roots()
         embeds = self.data_cfg.text_embeds
-        builder = CacheBuilder(self.family, text_root=text_root, latent_roots=latent_roots, device=self.device,
-                               dtype=self.weight_dtype, max_sequence_length=self.max_sequence_length,
-                               text_batch_size=embeds.write_batch_size if embeds else 16)
+        builder = CacheBuilder(
+            self.family,
+            text_root=text_root,
+            latent_roots=latent_roots,
+            device=self.device,
+            dtype=self.weight_dtype,
+            max_sequence_length=self.max_sequence_length,
+            text_batch_size=embeds.write_batch_size if embeds else 16,
+        )
         extra = set(validation_prompts(self.cfg).values()) | {self.cfg.validation_negative_prompt}
         # The main process builds what is missing; the others then find every entry on disk.
         with self.acc.main_process_first():
@@ -111,8 +125,13 @@ class Trainer:
         transformer = self.family.load_transformer(self.weight_dtype)
         transformer.requires_grad_(False)
         targets = cfg.lora_target_modules or list(self.family.default_lora_targets)
-        self.lora_config = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.effective_lora_alpha, target_modules=targets,
-                                      lora_dropout=cfg.lora_dropout, init_lora_weights=_peft_init(cfg.lora_init_type))
+        self.lora_config = LoraConfig(
+            r=cfg.lora_rank,
+            lora_alpha=cfg.effective_lora_alpha,
+            target_modules=targets,
+            lora_dropout=cfg.lora_dropout,
+            init_lora_weights=_peft_init(cfg.lora_init_type),
+        )
         try:
             transformer.add_adapter(self.lora_config)
         except ValueError as exc:
@@ -125,11 +144,17 @@ class Trainer:
         if cfg.gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
         transformer.train()
-        self.items = [Item(i, f"{s.bucket.key}@{s.frame_rate:g}fps")
-                      for i, s in enumerate(self.samples) for _ in range(self._repeats(s.dataset_id) + 1)]
+        self.items = [
+            Item(i, f"{s.bucket.key}@{s.frame_rate:g}fps")
+            for i, s in enumerate(self.samples)
+            for _ in range(self._repeats(s.dataset_id) + 1)
+        ]
         check_batchable(self.items, cfg.train_batch_size, self.acc.num_processes)
-        batches = len(epoch_batches(self.items, cfg.train_batch_size, cfg.seed, 0, self.acc.process_index,
-                                    self.acc.num_processes))
+        batches = len(
+            epoch_batches(
+                self.items, cfg.train_batch_size, cfg.seed, 0, self.acc.process_index, self.acc.num_processes
+            )
+        )
         self.steps_per_epoch = max(1, batches // cfg.gradient_accumulation_steps)
         self.total_steps = cfg.max_train_steps or cfg.num_train_epochs * self.steps_per_epoch
         optimizer = build_optimizer(params, cfg)
@@ -139,8 +164,9 @@ class Trainer:
         self.checkpointer = Checkpointer(self.output_dir, cfg.checkpoints_total_limit, self.acc)
         resume = resolve_checkpoint(self.output_dir, cfg.resume_from_checkpoint)
         if resume is not None:
-            self.checkpointer.load(resume, self.acc.unwrap_model(self.model), self.optimizer, self.scheduler,
-                                   self.state)
+            self.checkpointer.load(
+                resume, self.acc.unwrap_model(self.model), self.optimizer, self.scheduler, self.state
+            )
         self.validator = self._make_validator()
         self.metrics = MetricsLog(self.output_dir, self.acc, cfg.report_to != "none")
         if cfg.report_to != "none":
@@ -155,8 +181,16 @@ class Trainer:
             return None
         vae = self.family.load_vae(self.weight_dtype).requires_grad_(False).eval()
         vae.to("cpu" if cfg.offload_during_startup else self.device)
-        return Validator(self.family, cfg, self.index, vae, self.family.load_scheduler(), self.device,
-                         self.dtype, offload_vae=cfg.offload_during_startup)
+        return Validator(
+            self.family,
+            cfg,
+            self.index,
+            vae,
+            self.family.load_scheduler(),
+            self.device,
+            self.dtype,
+            offload_vae=cfg.offload_during_startup,
+        )
 
     # ---- the loop ------------------------------------------------------------------------------------------
     def train(self) -> None:
@@ -164,10 +198,18 @@ class Trainer:
         self.losses: list[float] = []
         accum = cfg.gradient_accumulation_steps
         with make_progress(self.acc.is_main_process) as progress:
-            task = progress.add_task("train", total=self.total_steps, completed=state.step, loss=0.0, lr=0.0, sps=0.0)
+            task = progress.add_task(
+                "train", total=self.total_steps, completed=state.step, loss=0.0, lr=0.0, sps=0.0
+            )
             while state.step < self.total_steps:
-                batches = epoch_batches(self.items, cfg.train_batch_size, cfg.seed, state.epoch,
-                                        self.acc.process_index, self.acc.num_processes)
+                batches = epoch_batches(
+                    self.items,
+                    cfg.train_batch_size,
+                    cfg.seed,
+                    state.epoch,
+                    self.acc.process_index,
+                    self.acc.num_processes,
+                )
                 usable = len(batches) // accum * accum
                 while state.batch_in_epoch < usable and state.step < self.total_steps:
                     start = time.perf_counter()
@@ -180,8 +222,16 @@ class Trainer:
                     self.losses.append(loss)
                     progress.update(task, completed=state.step, loss=loss, lr=lr, sps=seconds)
                     if state.step % cfg.logging_steps == 0 or state.step == self.total_steps:
-                        self.metrics.log(state.step, {"loss": loss, "lr": lr, "grad_norm": grad_norm,
-                                                      "epoch": state.epoch, "s_per_step": seconds})
+                        self.metrics.log(
+                            state.step,
+                            {
+                                "loss": loss,
+                                "lr": lr,
+                                "grad_norm": grad_norm,
+                                "epoch": state.epoch,
+                                "s_per_step": seconds,
+                            },
+                        )
                     self.periodic(state.step)
                 if state.batch_in_epoch >= usable:
                     state.epoch += 1
@@ -190,13 +240,27 @@ class Trainer:
     def optimizer_step(self, group: list[list[int]]) -> tuple[float, float]:
         total = 0.0
         for n, indices in enumerate(group):
-            batch = load_batch(indices, self.samples, self.index, self.family, self.state.epoch, self.state.generator,
-                               self.cfg.caption_dropout_probability, self.cfg.vae_latent_sampling == "sample")
+            batch = load_batch(
+                indices,
+                self.samples,
+                self.index,
+                self.family,
+                self.state.epoch,
+                self.state.generator,
+                self.cfg.caption_dropout_probability,
+                self.cfg.vae_latent_sampling == "sample",
+            )
             sync = n == len(group) - 1
             context = self.acc.no_sync(self.model) if not sync else nullcontext()
             with context:
-                loss = compute_loss(self.family, self.model, batch, self.state.generator, self.cfg.flow_sigma_sampler,
-                                    self.device, self.weight_dtype)
+                loss = self.family.training_loss(
+                    self.model,
+                    batch,
+                    self.state.generator,
+                    self.cfg.flow_sigma_sampler,
+                    self.device,
+                    self.weight_dtype,
+                )
                 self.acc.backward(loss / len(group))
             total += loss.detach().float().item() / len(group)
         grad_norm = 0.0
@@ -212,16 +276,21 @@ class Trainer:
         cfg = self.cfg
         last = step == self.total_steps
         if cfg.checkpointing_steps and step % cfg.checkpointing_steps == 0 and not last:
-            self.checkpointer.save(step, self.acc.unwrap_model(self.model), self.optimizer, self.scheduler,
-                                   self.state)
+            self.checkpointer.save(
+                step, self.acc.unwrap_model(self.model), self.optimizer, self.scheduler, self.state
+            )
         if cfg.validation_steps and step % cfg.validation_steps == 0 and not last:
             self.validate(step)
 
     def validate(self, step: int) -> list[Path]:
         written = []
         if self.validator is not None:
-            written = self.validator.run(step, self.acc.unwrap_model(self.model), self.output_dir,
-                                         on_video=lambda name, v: self.metrics.log_video_frames(step, name, v))
+            written = self.validator.run(
+                step,
+                self.acc.unwrap_model(self.model),
+                self.output_dir,
+                on_video=lambda name, v: self.metrics.log_video_frames(step, name, v),
+            )
         self.acc.wait_for_everyone()
         return written
 
@@ -244,15 +313,19 @@ class Trainer:
         if self.acc.num_processes > 1:
             self.check_ranks_in_sync()
         if self.cfg.checkpointing_steps:
-            self.checkpointer.save(step, self.acc.unwrap_model(self.model), self.optimizer, self.scheduler,
-                                   self.state)
+            self.checkpointer.save(
+                step, self.acc.unwrap_model(self.model), self.optimizer, self.scheduler, self.state
+            )
         videos = self.validate(step)
         result: dict[str, Any] = {"steps": step, "losses": self.losses, "videos": [str(v) for v in videos]}
         if self.acc.is_main_process:
             config = self.lora_config.to_dict()
             config["target_modules"] = sorted(config["target_modules"])
-            result["lora"] = str(save_diffusers_lora(self.output_dir, self.family.pipeline_class,
-                                                     self.acc.unwrap_model(self.model), config))
+            result["lora"] = str(
+                save_diffusers_lora(
+                    self.output_dir, self.family.pipeline_class, self.acc.unwrap_model(self.model), config
+                )
+            )
             result["comfyui"] = str(export_comfyui(self.output_dir, self.family.comfyui_renames))
             logger.info("LoRA written: %s and %s", result["lora"], self.output_dir / COMFYUI_FILE)
         self.acc.wait_for_everyone()
@@ -270,8 +343,10 @@ def _load_init_lora(model: torch.nn.Module, path: Path) -> None:
     state = {k.removeprefix("transformer."): v for k, v in load_file(str(path)).items()}
     result = set_peft_model_state_dict(model, state)
     if getattr(result, "unexpected_keys", None):
-        raise ConfigError(f"init_lora: {path} does not match this model / lora_target_modules "
-                          f"(unexpected keys such as {result.unexpected_keys[0]})")
+        raise ConfigError(
+            f"init_lora: {path} does not match this model / lora_target_modules "
+            f"(unexpected keys such as {result.unexpected_keys[0]})"
+        )
 
 
 def _flat_config(cfg: Any) -> dict[str, Any]:
@@ -279,4 +354,3 @@ def _flat_config(cfg: Any) -> dict[str, Any]:
     for key, value in cfg.model_dump().items():
         out[key] = value if isinstance(value, int | float | str | bool) else str(value)
     return out
-

@@ -1,4 +1,4 @@
-"""Validation videos: each prompt x resolution through the family's diffusers pipeline with the current LoRA."""
+"""Validation videos: each prompt x resolution through the family's pipeline with the current LoRA."""
 
 from __future__ import annotations
 
@@ -41,8 +41,17 @@ def validation_prompts(cfg: TrainConfig) -> dict[str, str]:
 
 
 class Validator:
-    def __init__(self, family: ModelFamily, cfg: TrainConfig, cache: CacheIndex, vae: torch.nn.Module,
-                 scheduler: Any, device: torch.device, dtype: torch.dtype, offload_vae: bool) -> None:
+    def __init__(
+        self,
+        family: ModelFamily,
+        cfg: TrainConfig,
+        cache: CacheIndex,
+        vae: torch.nn.Module,
+        scheduler: Any,
+        device: torch.device,
+        dtype: torch.dtype,
+        offload_vae: bool,
+    ) -> None:
         self.family, self.cfg, self.cache = family, cfg, cache
         self.vae, self.scheduler = vae, scheduler
         self.device, self.dtype, self.offload_vae = device, dtype, offload_vae
@@ -53,13 +62,17 @@ class Validator:
         for width, height in cfg.resolutions:
             size = (rule.side_down(width), rule.side_down(height))
             if size != (width, height):
-                logger.warning("validation_resolution %dx%d is not a multiple of %d; using %dx%d", width, height,
-                               rule.spatial_multiple, *size)
+                logger.warning(
+                    "validation_resolution %dx%d is not a multiple of %d; using %dx%d",
+                    width,
+                    height,
+                    rule.spatial_multiple,
+                    *size,
+                )
             self.sizes.append(size)
 
     @torch.no_grad()
-    def run(self, step: int, model: torch.nn.Module, output_dir: Path,
-            on_video: Any = None) -> list[Path]:
+    def run(self, step: int, model: torch.nn.Module, output_dir: Path, on_video: Any = None) -> list[Path]:
         """Write OUTPUT_DIR/validation/step_N/<prompt>_<W>x<H>.mp4 for every prompt and resolution."""
         folder = Path(output_dir) / "validation" / f"step_{step}"
         folder.mkdir(parents=True, exist_ok=True)
@@ -78,10 +91,17 @@ class Validator:
             for width, height in self.sizes:
                 generator = torch.Generator(device="cpu").manual_seed(seed)
                 with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-                    frames = pipe(**text, width=width, height=height, num_frames=self.num_frames,
-                                  guidance_scale=self.cfg.validation_guidance,
-                                  num_inference_steps=self.cfg.validation_num_inference_steps,
-                                  generator=generator, frame_rate=self.cfg.frame_rate, output_type="np").frames[0]
+                    frames = pipe(
+                        **text,
+                        width=width,
+                        height=height,
+                        num_frames=self.num_frames,
+                        guidance_scale=self.cfg.validation_guidance,
+                        num_inference_steps=self.cfg.validation_num_inference_steps,
+                        generator=generator,
+                        frame_rate=self.cfg.frame_rate,
+                        output_type="np",
+                    ).frames[0]
                 video = (np.clip(np.asarray(frames, dtype=np.float32), 0, 1) * 255).round().astype(np.uint8)
                 path = folder / f"{name}_{width}x{height}.mp4"
                 write_video(path, video, self.cfg.frame_rate)

@@ -1,4 +1,4 @@
-"""LTX-Video 0.9.x (Lightricks) on diffusers' LTXVideoTransformer3DModel / AutoencoderKLLTXVideo / LTXPipeline."""
+"""LTX-Video 0.9.x on diffusers' LTXVideoTransformer3DModel / AutoencoderKLLTXVideo / LTXPipeline."""
 
 from cinetune.models.ltxvideo.family import LTXVideoFamily
 

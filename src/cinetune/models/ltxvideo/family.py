@@ -1,9 +1,9 @@
 """The ltxvideo family: how LTX-Video 0.9.x encodes text and video, and what its transformer is trained on.
 
 Facts (TRAINING_FACTS.md section 1): T5 last hidden state, right-padded to 128 tokens, bool mask; VAE latents
-normalized (z - mean_c) * sf / std_c; tokens ordered frame -> row -> col; target velocity eps - x0; sigma =
-sigmoid(N(mu(N), 1)) with mu(N) = 0.95 + (N - 1024) * 1.1 / 3072 over video tokens N; timestep round(1000 sigma);
-RoPE scale (8 / fps, 32, 32).
+normalized (z - mean_c) * sf / std_c; tokens ordered frame -> row -> col; target velocity eps - x0;
+sigma = sigmoid(N(mu(N), 1)) with mu(N) = 0.95 + (N - 1024) * 1.1 / 3072 over video tokens N;
+timestep round(1000 sigma); RoPE scale (8 / fps, 32, 32).
 """
 
 from __future__ import annotations
@@ -11,7 +11,12 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXPipeline, LTXVideoTransformer3DModel
+from diffusers import (
+    AutoencoderKLLTXVideo,
+    FlowMatchEulerDiscreteScheduler,
+    LTXPipeline,
+    LTXVideoTransformer3DModel,
+)
 from transformers import AutoTokenizer, T5EncoderModel
 
 from cinetune.models.base import Flavour, FrameRule, ModelFamily, ModelInputs
@@ -24,7 +29,9 @@ _FLAVOURS = [
     Flavour("0.9.5", "Lightricks/LTX-Video-0.9.5", "LTX-Video 2B v0.9.5"),
     Flavour("0.9.7-13b-dev", "Lightricks/LTX-Video-0.9.7-dev", "LTX-Video 13B v0.9.7 dev"),
     Flavour("0.9.7-13b-distilled", "Lightricks/LTX-Video-0.9.7-distilled", "LTX-Video 13B v0.9.7 distilled"),
-    Flavour("0.9.8-13b-distilled", "Lightricks/LTX-Video-0.9.8-13B-distilled", "LTX-Video 13B v0.9.8 distilled"),
+    Flavour(
+        "0.9.8-13b-distilled", "Lightricks/LTX-Video-0.9.8-13B-distilled", "LTX-Video 13B v0.9.8 distilled"
+    ),
     Flavour("tiny", None, "Tiny random model built in memory (tests and `make demo`)"),
 ]
 
@@ -35,7 +42,7 @@ def ltx_mu(num_tokens: int) -> float:
 
 
 def pack_latents(latents: torch.Tensor) -> torch.Tensor:
-    """(B, C, F, H, W) -> (B, F*H*W, C): tokens frame -> row -> col (patch size 1, as every LTX-Video release)."""
+    """(B, C, F, H, W) -> (B, F*H*W, C): tokens frame -> row -> col (patch size 1 in every release)."""
     return latents.flatten(2).transpose(1, 2)
 
 
@@ -57,7 +64,10 @@ class LTXVideoFamily(ModelFamily):
     pipeline_class: ClassVar[type] = LTXPipeline
     # diffusers -> original (ComfyUI) module names, for LoRA targets outside the attention blocks.
     comfyui_renames: ClassVar[dict[str, str]] = {
-        "proj_in": "patchify_proj", "time_embed": "adaln_single", "norm_q": "q_norm", "norm_k": "k_norm",
+        "proj_in": "patchify_proj",
+        "time_embed": "adaln_single",
+        "norm_q": "q_norm",
+        "norm_k": "k_norm",
     }
 
     def __init__(self, loader: ComponentLoader) -> None:
@@ -92,23 +102,30 @@ class LTXVideoFamily(ModelFamily):
 
     # ---- encoding (used by the caches) ---------------------------------------------------------------------
     @torch.no_grad()
-    def encode_text(self, tokenizer: Any, text_encoder: torch.nn.Module, captions: list[str],
-                    max_sequence_length: int) -> list[dict[str, torch.Tensor]]:
+    def encode_text(
+        self, tokenizer: Any, text_encoder: torch.nn.Module, captions: list[str], max_sequence_length: int
+    ) -> list[dict[str, torch.Tensor]]:
         """As LTXPipeline: right-pad to max_sequence_length, encode without a mask; keep the real tokens only.
 
         The transformer masks pads with a -10000 bias, so dropping them (and padding with zeros at collate
         time, masked again) gives the same result as the pipeline's padded embeddings.
         """
         device = next(text_encoder.parameters()).device
-        inputs = tokenizer(captions, padding="max_length", max_length=max_sequence_length, truncation=True,
-                           add_special_tokens=True, return_tensors="pt")
+        inputs = tokenizer(
+            captions,
+            padding="max_length",
+            max_length=max_sequence_length,
+            truncation=True,
+            add_special_tokens=True,
+            return_tensors="pt",
+        )
         hidden = text_encoder(inputs.input_ids.to(device))[0]
         lengths = inputs.attention_mask.sum(dim=1).tolist()
         return [{"prompt_embeds": hidden[i, : int(n)].cpu()} for i, n in enumerate(lengths)]
 
     @torch.no_grad()
     def encode_video(self, vae: torch.nn.Module, pixels: torch.Tensor) -> list[dict[str, torch.Tensor]]:
-        """pixels (B, 3, F, H, W) in [-1, 1] -> per sample normalized posterior mean and std (C, F', H', W')."""
+        """pixels (B, 3, F, H, W) in [-1, 1] -> per sample normalized posterior mean, std (C, F', H', W')."""
         param = next(vae.parameters())
         posterior = vae.encode(pixels.to(param.device, param.dtype)).latent_dist
         mean_c = vae.latents_mean.view(1, -1, 1, 1, 1).to(posterior.mean)
@@ -116,7 +133,10 @@ class LTXVideoFamily(ModelFamily):
         scale = vae.config.scaling_factor
         latents = (posterior.mean - mean_c) * scale / std_c
         latents_std = posterior.std * scale / std_c
-        return [{"latents": latents[i].cpu(), "latents_std": latents_std[i].cpu()} for i in range(latents.shape[0])]
+        return [
+            {"latents": latents[i].cpu(), "latents_std": latents_std[i].cpu()}
+            for i in range(latents.shape[0])
+        ]
 
     # ---- training step inputs -----------------------------------------------------------------------------
     @staticmethod
@@ -141,8 +161,15 @@ class LTXVideoFamily(ModelFamily):
     def shift_mu(num_tokens: int) -> float:
         return ltx_mu(num_tokens)
 
-    def prepare_inputs(self, latents: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor,
-                       text: dict[str, torch.Tensor], frame_rate: float, dtype: torch.dtype) -> ModelInputs:
+    def prepare_inputs(
+        self,
+        latents: torch.Tensor,
+        noise: torch.Tensor,
+        sigmas: torch.Tensor,
+        text: dict[str, torch.Tensor],
+        frame_rate: float,
+        dtype: torch.dtype,
+    ) -> ModelInputs:
         """Rectified-flow inputs: x_t = (1 - s) x0 + s eps, target eps - x0, timestep round(1000 s)."""
         _, _, frames, height, width = latents.shape
         s = sigmas.view(-1, 1, 1, 1, 1).to(latents.dtype)
@@ -157,16 +184,23 @@ class LTXVideoFamily(ModelFamily):
             "num_frames": frames,
             "height": height,
             "width": width,
-            "rope_interpolation_scale": (self.frame_rule.temporal_multiple / frame_rate,
-                                         self.frame_rule.spatial_multiple, self.frame_rule.spatial_multiple),
+            "rope_interpolation_scale": (
+                self.frame_rule.temporal_multiple / frame_rate,
+                self.frame_rule.spatial_multiple,
+                self.frame_rule.spatial_multiple,
+            ),
             "return_dict": False,
         }
         return ModelInputs(kwargs=kwargs, target=target)
 
     # ---- validation and export ---------------------------------------------------------------------------
-    def build_pipeline(self, transformer: torch.nn.Module, vae: torch.nn.Module, scheduler: Any) -> LTXPipeline:
+    def build_pipeline(
+        self, transformer: torch.nn.Module, vae: torch.nn.Module, scheduler: Any
+    ) -> LTXPipeline:
         """A pipeline without text encoder: validation passes cached prompt embeddings."""
-        return LTXPipeline(transformer=transformer, vae=vae, scheduler=scheduler, text_encoder=None, tokenizer=None)
+        return LTXPipeline(
+            transformer=transformer, vae=vae, scheduler=scheduler, text_encoder=None, tokenizer=None
+        )
 
     @staticmethod
     def pipeline_text_kwargs(positive: dict[str, torch.Tensor], negative: dict[str, torch.Tensor]) -> dict:
@@ -174,6 +208,8 @@ class LTXVideoFamily(ModelFamily):
         both = LTXVideoFamily.collate_text([positive, negative])
         embeds, mask = both["prompt_embeds"], both["prompt_attention_mask"]
         return {
-            "prompt_embeds": embeds[:1], "prompt_attention_mask": mask[:1],
-            "negative_prompt_embeds": embeds[1:], "negative_prompt_attention_mask": mask[1:],
+            "prompt_embeds": embeds[:1],
+            "prompt_attention_mask": mask[:1],
+            "negative_prompt_embeds": embeds[1:],
+            "negative_prompt_attention_mask": mask[1:],
         }

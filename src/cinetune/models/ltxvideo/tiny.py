@@ -1,7 +1,8 @@
 """Tiny random LTX-Video components built from the real diffusers/transformers classes.
 
-The VAE keeps the real compression (32x spatial, 8x temporal: patch 4 and three spatio-temporal downsamplings),
-so the tiny model obeys the same frame rule (8k+1) and spatial multiple (32) as the released ones.
+The VAE keeps the real compression (32x spatial, 8x temporal: patch 4 and three spatio-temporal
+downsamplings), so the tiny model obeys the same frame rule (8k+1) and spatial multiple (32) as the
+released ones.
 """
 
 from __future__ import annotations
@@ -9,7 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXPipeline, LTXVideoTransformer3DModel
+from diffusers import (
+    AutoencoderKLLTXVideo,
+    FlowMatchEulerDiscreteScheduler,
+    LTXPipeline,
+    LTXVideoTransformer3DModel,
+)
 from transformers import T5Config, T5EncoderModel, T5Tokenizer
 
 TINY_LATENT_CHANNELS = 16
@@ -23,7 +29,9 @@ _WORDS = (
 
 def tiny_tokenizer() -> T5Tokenizer:
     """A unigram T5 tokenizer built offline: whole words plus single letters, so any text tokenizes."""
-    pieces = ["<pad>", "</s>", "<unk>"] + [f"▁{w}" for w in _WORDS] + list("abcdefghijklmnopqrstuvwxyz0123456789")
+    pieces = (
+        ["<pad>", "</s>", "<unk>"] + [f"▁{w}" for w in _WORDS] + list("abcdefghijklmnopqrstuvwxyz0123456789")
+    )
     vocab = [(piece, -float(i)) for i, piece in enumerate(pieces)]
     return T5Tokenizer(vocab=vocab, extra_ids=0)
 
@@ -34,13 +42,27 @@ def tiny_components(seed: int = 0) -> dict:
     tokenizer = tiny_tokenizer()
     text_encoder = T5EncoderModel(
         T5Config(
-            vocab_size=len(tokenizer), d_model=TINY_TEXT_DIM, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-            relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+            vocab_size=len(tokenizer),
+            d_model=TINY_TEXT_DIM,
+            d_kv=8,
+            d_ff=64,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            pad_token_id=0,
+            eos_token_id=1,
+            decoder_start_token_id=0,
         )
     )
     transformer = LTXVideoTransformer3DModel(
-        in_channels=TINY_LATENT_CHANNELS, out_channels=TINY_LATENT_CHANNELS, patch_size=1, patch_size_t=1,
-        num_attention_heads=4, attention_head_dim=8, cross_attention_dim=32, num_layers=2,
+        in_channels=TINY_LATENT_CHANNELS,
+        out_channels=TINY_LATENT_CHANNELS,
+        patch_size=1,
+        patch_size_t=1,
+        num_attention_heads=4,
+        attention_head_dim=8,
+        cross_attention_dim=32,
+        num_layers=2,
         caption_channels=TINY_TEXT_DIM,
     )
     vae = AutoencoderKLLTXVideo(
@@ -63,10 +85,21 @@ def tiny_components(seed: int = 0) -> dict:
     generator = torch.Generator().manual_seed(seed + 1)
     vae.latents_mean.copy_(torch.randn(TINY_LATENT_CHANNELS, generator=generator) * 0.1)
     vae.latents_std.copy_(torch.rand(TINY_LATENT_CHANNELS, generator=generator) * 0.5 + 0.75)
-    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.95, max_shift=2.05,
-                                                base_image_seq_len=1024, max_image_seq_len=4096, shift_terminal=0.1)
-    return {"transformer": transformer, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer,
-            "scheduler": scheduler}
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        use_dynamic_shifting=True,
+        base_shift=0.95,
+        max_shift=2.05,
+        base_image_seq_len=1024,
+        max_image_seq_len=4096,
+        shift_terminal=0.1,
+    )
+    return {
+        "transformer": transformer,
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "tokenizer": tokenizer,
+        "scheduler": scheduler,
+    }
 
 
 def save_tiny_checkpoint(folder: Path, seed: int = 0) -> Path:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import statistics
 import tempfile
@@ -79,12 +80,15 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path | None]:
     parser.add_argument("--batch-size", type=int, default=2, help="train_batch_size")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for every phase")
     parser.add_argument("--cache-repeats", type=int, default=3, help="latent-cache builds, each fresh")
-    parser.add_argument("--decode-passes", type=int, default=3, help="full PyAV decodes of all clips")
+    parser.add_argument("--decode-passes", type=int, default=5, help="full PyAV decodes of all clips")
     parser.add_argument("--min-epoch-seconds", type=float, default=1.0,
                         help="keep loading cached epochs (at least 3) until this much time has passed")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
-    width, height = (int(v) for v in args.size.lower().split("x", 1))
+    try:
+        width, height = (int(v) for v in args.size.lower().split("x", 1))
+    except ValueError:
+        parser.error(f"--size {args.size}: expected WxH, e.g. 256x256")
     # Shapes the LTX-Video frame rule accepts as they are: buckets equal the clips, nothing is cropped.
     if width % 32 or height % 32:
         parser.error(f"--size {args.size}: both sides must be multiples of 32")
@@ -293,6 +297,7 @@ def summarize(s: Settings, trainer: Trainer, *, times: StepTimes, cache: tuple[l
         "cache_build_frames_per_s": build_fps, "cache_build_frames": build_frames,
         "cache_build_seconds": build_seconds,
         "raw_decode_frames_per_s": raw_fps, "raw_decode_frames": decode_frames,
+        "raw_decode_frames_per_s_passes": decode_rates,
         "ratio_cached_over_raw_decode": cached_fps / raw_fps,
         "ratio_cache_build_over_raw_decode": build_fps / raw_fps,
         "step_seconds": asdict(times),
@@ -323,7 +328,9 @@ def print_report(f: dict[str, Any]) -> None:
           f"= {setup['video_tokens_per_sample']} video tokens per sample; {setup['samples']} clips, "
           f"{setup['items_per_epoch']} samples per epoch")
     print(f"{s['steps']} measured steps per side after {s['warmup']} warm-up, "
-          f"alternating blocks of {s['block']}\n")
+          f"alternating blocks of {s['block']}")
+    print(f"machine: {setup['cpu_count']} cores, 1-min load average {setup['load_average_start']:.2f} at "
+          f"start, {setup['load_average_end']:.2f} at end (this run adds about {s['threads']})\n")
     rows = [
         ("(a) trainer step (Trainer.optimizer_step)", _ms(f["trainer_s_per_step"]), "ms/step",
          f"min {_ms(f['trainer_s_per_step_min'])}, IQR {'-'.join(map(_ms, f['trainer_s_per_step_iqr']))}"),
@@ -351,6 +358,8 @@ def print_report(f: dict[str, Any]) -> None:
 
 # ---- main -------------------------------------------------------------------------------------------------
 def run(s: Settings, root: Path) -> dict[str, Any]:
+    # Other processes on the machine skew every figure; the load average lets a reader judge a run.
+    load_start = os.getloadavg()[0]
     set_threads(s.threads)
     trainer = Trainer(load_config(write_workspace(root, s)))
     trainer.output_dir.mkdir(parents=True, exist_ok=True)
@@ -374,8 +383,11 @@ def run(s: Settings, root: Path) -> dict[str, Any]:
     set_threads(s.threads)
     logger.info("timing %d trainer and %d bare steps", s.steps, s.steps)
     times = time_steps(trainer, bare_step, s)
-    return summarize(s, trainer, times=times, cache=cache, epochs=epochs, decode=decode,
-                     bare_params=bare_params)
+    figures = summarize(s, trainer, times=times, cache=cache, epochs=epochs, decode=decode,
+                        bare_params=bare_params)
+    figures["setup"].update(cpu_count=os.cpu_count(), load_average_start=load_start,
+                            load_average_end=os.getloadavg()[0])
+    return figures
 
 
 def main(argv: list[str] | None = None) -> None:

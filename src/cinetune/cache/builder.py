@@ -78,8 +78,7 @@ class CacheBuilder:
             {
                 "kind": "text",
                 "caption": caption,
-                "encoder": self.family.loader.identity("text_encoder"),
-                "tokenizer": self.family.loader.identity("tokenizer"),
+                "encoder": self.family.component_identity("text"),
                 "family": self.family.name,
                 "max_len": self.max_sequence_length,
                 "dtype": self._dtype_name,
@@ -99,7 +98,7 @@ class CacheBuilder:
                 "bucket": [sample.bucket.width, sample.bucket.height],
                 "crop": "center",
                 "family": self.family.name,
-                "vae": self.family.loader.identity("vae"),
+                "vae": self.family.component_identity("vae"),
                 "dtype": self._dtype_name,
             }
         )

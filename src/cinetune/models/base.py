@@ -8,9 +8,11 @@ branches on a family name.
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 logger = logging.getLogger(__name__)
@@ -61,6 +63,15 @@ class Flavour:
 
 
 @dataclass
+class GeneratedVideo:
+    """What a validation generation returns: frames (F, H, W, 3) float in [0, 1], optional audio track."""
+
+    frames: np.ndarray
+    audio: np.ndarray | None = None  # (channels, samples) float in [-1, 1]
+    sample_rate: int | None = None
+
+
+@dataclass
 class TextEmbeds:
     """Caption embeddings of the real tokens only (no padding): what the cache stores per caption."""
 
@@ -76,8 +87,8 @@ class ModelInputs:
     loss_mask: torch.Tensor | None = None
 
 
-class ModelFamily:
-    """Interface every family implements. Subclasses set the ClassVars and the methods below."""
+class ModelFamily(ABC):
+    """Interface every family implements: the ClassVars (data) and the abstract methods (computations)."""
 
     name: ClassVar[str]
     aliases: ClassVar[tuple[str, ...]] = ()
@@ -89,6 +100,46 @@ class ModelFamily:
     default_frame_rate: ClassVar[float] = 25.0
     pipeline_class: ClassVar[type]
     comfyui_renames: ClassVar[dict[str, str]] = {}
+
+    def generate(
+        self,
+        pipe: Any,
+        positive: dict[str, torch.Tensor],
+        negative: dict[str, torch.Tensor],
+        *,
+        width: int,
+        height: int,
+        num_frames: int,
+        guidance_scale: float,
+        num_inference_steps: int,
+        frame_rate: float,
+        generator: torch.Generator,
+        device: torch.device,
+    ) -> GeneratedVideo:
+        """One validation video through the family's diffusers pipeline, from cached prompt embeddings."""
+        text = {k: v.to(device) for k, v in self.pipeline_text_kwargs(positive, negative).items()}
+        output = pipe(
+            **text,
+            width=width,
+            height=height,
+            num_frames=num_frames,
+            guidance_scale=guidance_scale,
+            num_inference_steps=num_inference_steps,
+            generator=generator,
+            output_type="np",
+            **self.pipeline_call_kwargs(frame_rate),
+        )
+        return GeneratedVideo(frames=np.asarray(output.frames[0], dtype=np.float32))
+
+    def component_identity(self, kind: str) -> str:
+        """Fingerprint of what produces a cache entry: kind 'text' (encoders + tokenizers) or 'vae'."""
+        if kind == "text":
+            return self.loader.identity("text_encoder") + self.loader.identity("tokenizer")
+        return self.loader.identity("vae")
+
+    def pipeline_call_kwargs(self, frame_rate: float) -> dict[str, Any]:
+        """Extra pipeline arguments of this family/flavour (frame rate, decode timestep...)."""
+        return {}
 
     def training_loss(
         self,
@@ -103,3 +154,66 @@ class ModelFamily:
         from cinetune.training.step import single_stream_flow_loss
 
         return single_stream_flow_loss(self, model, batch, generator, sigma_sampler, device, dtype)
+
+    # ---- what each family must provide ---------------------------------------------------------------------
+    loader: Any  # cinetune.models.loading.ComponentLoader
+
+    @abstractmethod
+    def load_text_encoder(self, dtype: torch.dtype) -> tuple[Any, torch.nn.Module]:
+        """(tokenizer, text encoder) in eval mode, on the CPU."""
+
+    @abstractmethod
+    def load_vae(self, dtype: torch.dtype) -> torch.nn.Module:
+        """The video VAE, on the CPU."""
+
+    @abstractmethod
+    def load_transformer(self, dtype: torch.dtype) -> torch.nn.Module:
+        """The denoiser that LoRA trains, on the CPU, weights in `dtype`."""
+
+    @abstractmethod
+    def load_scheduler(self) -> Any:
+        """The flow-matching scheduler the validation pipeline samples with."""
+
+    @abstractmethod
+    def encode_text(
+        self, tokenizer: Any, text_encoder: torch.nn.Module, captions: list[str], max_sequence_length: int
+    ) -> list[dict[str, torch.Tensor]]:
+        """Per caption, the tensors the cache stores (real tokens only, no padding)."""
+
+    @abstractmethod
+    def encode_video(self, vae: torch.nn.Module, pixels: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        """pixels (B, 3, F, H, W) in [-1, 1] -> per sample the cached tensors; `latents` is required."""
+
+    @abstractmethod
+    def collate_text(self, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Cached caption tensors -> one padded batch with its mask."""
+
+    @abstractmethod
+    def num_tokens(self, latent_shape: torch.Size) -> int:
+        """Video tokens of a latent batch: what the resolution-dependent shift depends on."""
+
+    @abstractmethod
+    def shift_mu(self, num_tokens: int) -> float:
+        """Centre of the training sigma distribution (logit space) for this many tokens."""
+
+    @abstractmethod
+    def prepare_inputs(
+        self,
+        latents: torch.Tensor,
+        noise: torch.Tensor,
+        sigmas: torch.Tensor,
+        text: dict[str, torch.Tensor],
+        frame_rate: float,
+        dtype: torch.dtype,
+    ) -> ModelInputs:
+        """Noisy model inputs, flow-matching target and loss mask for one batch."""
+
+    @abstractmethod
+    def build_pipeline(self, transformer: torch.nn.Module, vae: torch.nn.Module, scheduler: Any) -> Any:
+        """The diffusers pipeline validation generates with (no text encoder: embeddings are cached)."""
+
+    @abstractmethod
+    def pipeline_text_kwargs(
+        self, positive: dict[str, torch.Tensor], negative: dict[str, torch.Tensor]
+    ) -> dict:
+        """Cached embeddings of a prompt and the negative prompt -> the pipeline's prompt_embeds arguments."""

@@ -86,25 +86,26 @@ class Validator:
         written = []
         seed = self.cfg.validation_seed if self.cfg.validation_seed is not None else self.cfg.seed
         for name, prompt in self.prompts.items():
-            text = self.family.pipeline_text_kwargs(self.cache.text_embeds(prompt), negative)
-            text = {k: v.to(self.device) for k, v in text.items()}
+            positive = self.cache.text_embeds(prompt)
             for width, height in self.sizes:
                 generator = torch.Generator(device="cpu").manual_seed(seed)
                 with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-                    frames = pipe(
-                        **text,
+                    result = self.family.generate(
+                        pipe,
+                        positive,
+                        negative,
                         width=width,
                         height=height,
                         num_frames=self.num_frames,
                         guidance_scale=self.cfg.validation_guidance,
                         num_inference_steps=self.cfg.validation_num_inference_steps,
-                        generator=generator,
                         frame_rate=self.cfg.frame_rate,
-                        output_type="np",
-                    ).frames[0]
-                video = (np.clip(np.asarray(frames, dtype=np.float32), 0, 1) * 255).round().astype(np.uint8)
+                        generator=generator,
+                        device=self.device,
+                    )
+                video = (np.clip(result.frames, 0, 1) * 255).round().astype(np.uint8)
                 path = folder / f"{name}_{width}x{height}.mp4"
-                write_video(path, video, self.cfg.frame_rate)
+                write_video(path, video, self.cfg.frame_rate, audio=result.audio)
                 written.append(path)
                 if on_video is not None:
                     on_video(f"{name}_{width}x{height}", video)

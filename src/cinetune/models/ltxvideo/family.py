@@ -23,6 +23,9 @@ from cinetune.models.base import Flavour, FrameRule, ModelFamily, ModelInputs
 from cinetune.models.loading import ComponentLoader
 from cinetune.models.ltxvideo import tiny
 
+# From 0.9.1 the VAE decoder is timestep-conditioned; diffusers' LTX docs decode with a little noise.
+_DECODE_NOISE = {"pipeline_kwargs": {"decode_timestep": 0.05, "decode_noise_scale": 0.025}}
+
 _FLAVOURS = [
     Flavour("0.9.0", "Lightricks/LTX-Video", "LTX-Video 2B v0.9 (first release)"),
     Flavour("0.9.1", "Lightricks/LTX-Video-0.9.1", "LTX-Video 2B v0.9.1"),
@@ -201,6 +204,10 @@ class LTXVideoFamily(ModelFamily):
         return LTXPipeline(
             transformer=transformer, vae=vae, scheduler=scheduler, text_encoder=None, tokenizer=None
         )
+
+    def pipeline_call_kwargs(self, frame_rate: float) -> dict[str, Any]:
+        flavour = self.flavours[self.loader.flavour]
+        return {"frame_rate": frame_rate, **flavour.extra.get("pipeline_kwargs", {})}
 
     @staticmethod
     def pipeline_text_kwargs(positive: dict[str, torch.Tensor], negative: dict[str, torch.Tensor]) -> dict:

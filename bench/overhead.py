@@ -23,7 +23,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +81,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path | None]:
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for every phase")
     parser.add_argument("--cache-repeats", type=int, default=3, help="latent-cache builds, each fresh")
     parser.add_argument("--decode-passes", type=int, default=5, help="full PyAV decodes of all clips")
-    parser.add_argument("--min-epoch-seconds", type=float, default=1.0,
-                        help="keep loading cached epochs (at least 3) until this much time has passed")
+    parser.add_argument(
+        "--min-epoch-seconds",
+        type=float,
+        default=1.0,
+        help="keep loading cached epochs (at least 3) until this much time has passed",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     try:
@@ -98,22 +102,32 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path | None]:
         parser.error(f"--clips {args.clips}: needs at least --batch-size ({args.batch_size}) clips")
     if min(args.steps, args.block, args.cache_repeats, args.decode_passes) < 1 or args.steps < 2:
         parser.error("--steps needs at least 2; --block, --cache-repeats and --decode-passes at least 1")
-    settings = Settings(args.steps, args.warmup, args.block, args.clips, args.frames, width, height,
-                        args.batch_size, args.threads, args.cache_repeats, args.decode_passes,
-                        args.min_epoch_seconds)
-    return settings, args.json
+    options = {f.name: getattr(args, f.name) for f in fields(Settings) if hasattr(args, f.name)}
+    return Settings(width=width, height=height, **options), args.json
 
 
 def write_workspace(root: Path, s: Settings) -> Path:
     """The demo dataset and config pair, resized to the benchmark's shapes; returns config.json."""
-    data_dir = write_demo_dataset(root / "data", num_clips=s.clips, num_frames=s.frames + EXTRA_CLIP_FRAMES,
-                                  size=(s.width, s.height), fps=FPS)
+    data_dir = write_demo_dataset(
+        root / "data",
+        num_clips=s.clips,
+        num_frames=s.frames + EXTRA_CLIP_FRAMES,
+        size=(s.width, s.height),
+        fps=FPS,
+    )
     config_path = write_demo_configs(root, data_dir)
     config = json.loads(config_path.read_text())
     # No validation, checkpoints, trackers or resume: the benchmark calls the phases itself.
-    config.update(train_batch_size=s.batch_size, max_train_steps=10_000, disable_validation=True,
-                  validation_steps=None, checkpointing_steps=None, resume_from_checkpoint=None,
-                  report_to="none", frame_rate=FPS)
+    config.update(
+        train_batch_size=s.batch_size,
+        max_train_steps=10_000,
+        disable_validation=True,
+        validation_steps=None,
+        checkpointing_steps=None,
+        resume_from_checkpoint=None,
+        report_to="none",
+        frame_rate=FPS,
+    )
     config_path.write_text(json.dumps(config, indent=2))
     backend_path = Path(config["data_backend_config"])
     datasets = json.loads(backend_path.read_text())
@@ -139,8 +153,14 @@ def time_cache_build(trainer: Trainer, scratch: Path, repeats: int) -> tuple[lis
     seconds, frames = [], 0
     for n in range(repeats):
         roots = latent_roots if n == 0 else {k: scratch / f"latents{n}" / k for k in latent_roots}
-        builder = CacheBuilder(trainer.family, text_root=text_root, latent_roots=roots, device=trainer.device,
-                               dtype=trainer.weight_dtype, max_sequence_length=trainer.max_sequence_length)
+        builder = CacheBuilder(
+            trainer.family,
+            text_root=text_root,
+            latent_roots=roots,
+            device=trainer.device,
+            dtype=trainer.weight_dtype,
+            max_sequence_length=trainer.max_sequence_length,
+        )
         start = time.perf_counter()
         builder.build_latents(trainer.samples)
         seconds.append(time.perf_counter() - start)
@@ -161,8 +181,16 @@ def time_cached_epochs(trainer: Trainer, s: Settings) -> list[float]:
         batches = epoch_batches(trainer.items, cfg.train_batch_size, cfg.seed, epoch)
         start = time.perf_counter()
         for indices in batches:
-            load_batch(indices, trainer.samples, trainer.index, trainer.family, epoch, generator,
-                       cfg.caption_dropout_probability, cfg.vae_latent_sampling == "sample")
+            load_batch(
+                indices,
+                trainer.samples,
+                trainer.index,
+                trainer.family,
+                epoch,
+                generator,
+                cfg.caption_dropout_probability,
+                cfg.vae_latent_sampling == "sample",
+            )
         rates.append(sum(len(b) for b in batches) / (time.perf_counter() - start))
         epoch += 1
     return rates
@@ -216,14 +244,25 @@ def build_bare_step(trainer: Trainer) -> tuple[Callable[[], None], int]:
         model = model.to(trainer.weight_dtype)
     model.requires_grad_(False)
     targets = cfg.lora_target_modules or list(family.default_lora_targets)
-    model.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.effective_lora_alpha, target_modules=targets,
-                                 lora_dropout=cfg.lora_dropout))
+    model.add_adapter(
+        LoraConfig(
+            r=cfg.lora_rank,
+            lora_alpha=cfg.effective_lora_alpha,
+            target_modules=targets,
+            lora_dropout=cfg.lora_dropout,
+        )
+    )
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:  # as the trainer keeps them: LoRA weights (and so AdamW state) in fp32
         p.data = p.data.float()
     model.to(trainer.device).train()
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                  weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
+    optimizer = torch.optim.AdamW(
+        params,
+        lr=cfg.learning_rate,
+        betas=(cfg.adam_beta1, cfg.adam_beta2),
+        weight_decay=cfg.adam_weight_decay,
+        eps=cfg.adam_epsilon,
+    )
 
     generator = torch.Generator().manual_seed(cfg.seed)
     indices = next(trainer_groups(trainer))[0]
@@ -267,8 +306,16 @@ def time_steps(trainer: Trainer, bare_step: Callable[[], None], s: Settings) -> 
 
 
 # ---- report -----------------------------------------------------------------------------------------------
-def summarize(s: Settings, trainer: Trainer, *, times: StepTimes, cache: tuple[list[float], int],
-              epochs: list[float], decode: tuple[list[float], int], bare_params: int) -> dict[str, Any]:
+def summarize(
+    s: Settings,
+    trainer: Trainer,
+    *,
+    times: StepTimes,
+    cache: tuple[list[float], int],
+    epochs: list[float],
+    decode: tuple[list[float], int],
+    bare_params: int,
+) -> dict[str, Any]:
     build_seconds, build_frames = cache
     decode_rates, decode_frames = decode
     trainer_s, bare_s = statistics.median(times.trainer), statistics.median(times.bare)
@@ -280,23 +327,34 @@ def summarize(s: Settings, trainer: Trainer, *, times: StepTimes, cache: tuple[l
         "settings": asdict(s),
         "setup": {
             "model": f"{trainer.cfg.model_family}/{trainer.cfg.model_flavour}",
-            "dtype": str(trainer.weight_dtype), "device": str(trainer.device),
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "lora_rank": trainer.cfg.lora_rank, "lora_params_trainer": sum(p.numel() for p in trainer.params),
+            "dtype": str(trainer.weight_dtype),
+            "device": str(trainer.device),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "lora_rank": trainer.cfg.lora_rank,
+            "lora_params_trainer": sum(p.numel() for p in trainer.params),
             "lora_params_bare": bare_params,
             "video_tokens_per_sample": trainer.family.num_tokens(_latent_shape(trainer)),
-            "samples": len(trainer.samples), "items_per_epoch": len(trainer.items),
+            "samples": len(trainer.samples),
+            "items_per_epoch": len(trainer.items),
         },
-        "trainer_s_per_step": trainer_s, "bare_s_per_step": bare_s,
-        "trainer_s_per_step_min": min(times.trainer), "bare_s_per_step_min": min(times.bare),
-        "trainer_s_per_step_iqr": _iqr(times.trainer), "bare_s_per_step_iqr": _iqr(times.bare),
+        "trainer_s_per_step": trainer_s,
+        "bare_s_per_step": bare_s,
+        "trainer_s_per_step_min": min(times.trainer),
+        "bare_s_per_step_min": min(times.bare),
+        "trainer_s_per_step_iqr": _iqr(times.trainer),
+        "bare_s_per_step_iqr": _iqr(times.bare),
         "trainer_overhead_ms_per_step": (trainer_s - bare_s) * 1e3,
         "ratio_trainer_over_bare": trainer_s / bare_s,
         "ratio_trainer_over_bare_min": min(times.trainer) / min(times.bare),
-        "cached_samples_per_s": cached_sps, "cached_frames_per_s": cached_fps, "cached_epochs": len(epochs),
-        "cache_build_frames_per_s": build_fps, "cache_build_frames": build_frames,
+        "cached_samples_per_s": cached_sps,
+        "cached_frames_per_s": cached_fps,
+        "cached_epochs": len(epochs),
+        "cache_build_frames_per_s": build_fps,
+        "cache_build_frames": build_frames,
         "cache_build_seconds": build_seconds,
-        "raw_decode_frames_per_s": raw_fps, "raw_decode_frames": decode_frames,
+        "raw_decode_frames_per_s": raw_fps,
+        "raw_decode_frames": decode_frames,
         "raw_decode_frames_per_s_passes": decode_rates,
         "ratio_cached_over_raw_decode": cached_fps / raw_fps,
         "ratio_cache_build_over_raw_decode": build_fps / raw_fps,
@@ -321,39 +379,70 @@ def _ms(seconds: float) -> str:
 
 def print_report(f: dict[str, Any]) -> None:
     s, setup = f["settings"], f["setup"]
-    print(f"\nmodel {setup['model']} ({setup['dtype']}, {setup['device']}, {setup['torch_threads']} threads, "
-          f"torch {setup['torch']}), LoRA rank {setup['lora_rank']}: {setup['lora_params_trainer']:,} "
-          f"trainable params (bare loop: {setup['lora_params_bare']:,})")
-    print(f"batch {s['batch_size']} x {s['width']}x{s['height']}x{s['frames']} frames "
-          f"= {setup['video_tokens_per_sample']} video tokens per sample; {setup['samples']} clips, "
-          f"{setup['items_per_epoch']} samples per epoch")
-    print(f"{s['steps']} measured steps per side after {s['warmup']} warm-up, "
-          f"alternating blocks of {s['block']}")
-    print(f"machine: {setup['cpu_count']} cores, 1-min load average {setup['load_average_start']:.2f} at "
-          f"start, {setup['load_average_end']:.2f} at end (this run adds about {s['threads']})\n")
+    print(
+        f"\nmodel {setup['model']} ({setup['dtype']}, {setup['device']}, {setup['torch_threads']} threads, "
+        f"torch {setup['torch']}), LoRA rank {setup['lora_rank']}: {setup['lora_params_trainer']:,} "
+        f"trainable params (bare loop: {setup['lora_params_bare']:,})"
+    )
+    print(
+        f"batch {s['batch_size']} x {s['width']}x{s['height']}x{s['frames']} frames "
+        f"= {setup['video_tokens_per_sample']} video tokens per sample; {setup['samples']} clips, "
+        f"{setup['items_per_epoch']} samples per epoch"
+    )
+    print(
+        f"{s['steps']} measured steps per side after {s['warmup']} warm-up, "
+        f"alternating blocks of {s['block']}"
+    )
+    print(
+        f"machine: {setup['cpu_count']} cores, 1-min load average {setup['load_average_start']:.2f} at "
+        f"start, {setup['load_average_end']:.2f} at end (this run adds about {s['threads']})\n"
+    )
     rows = [
-        ("(a) trainer step (Trainer.optimizer_step)", _ms(f["trainer_s_per_step"]), "ms/step",
-         f"min {_ms(f['trainer_s_per_step_min'])}, IQR {'-'.join(map(_ms, f['trainer_s_per_step_iqr']))}"),
-        ("(a) bare PyTorch step", _ms(f["bare_s_per_step"]), "ms/step",
-         f"min {_ms(f['bare_s_per_step_min'])}, IQR {'-'.join(map(_ms, f['bare_s_per_step_iqr']))}"),
-        ("(b1) cached epoch (load_batch)", f"{f['cached_samples_per_s']:.1f}", "samples/s",
-         f"= {f['cached_frames_per_s']:,.0f} frames/s, {f['cached_epochs']} epochs"),
-        ("(b2) latent cache build", f"{f['cache_build_frames_per_s']:.1f}", "frames/s",
-         f"{f['cache_build_frames']} frames; runs: "
-         + ", ".join(f"{t:.2f} s" for t in f["cache_build_seconds"])),
-        ("(b3) raw PyAV decode (rgb24)", f"{f['raw_decode_frames_per_s']:.1f}", "frames/s",
-         f"{f['raw_decode_frames']} frames per pass"),
+        (
+            "(a) trainer step (Trainer.optimizer_step)",
+            _ms(f["trainer_s_per_step"]),
+            "ms/step",
+            f"min {_ms(f['trainer_s_per_step_min'])}, IQR {'-'.join(map(_ms, f['trainer_s_per_step_iqr']))}",
+        ),
+        (
+            "(a) bare PyTorch step",
+            _ms(f["bare_s_per_step"]),
+            "ms/step",
+            f"min {_ms(f['bare_s_per_step_min'])}, IQR {'-'.join(map(_ms, f['bare_s_per_step_iqr']))}",
+        ),
+        (
+            "(b1) cached epoch (load_batch)",
+            f"{f['cached_samples_per_s']:.1f}",
+            "samples/s",
+            f"= {f['cached_frames_per_s']:,.0f} frames/s, {f['cached_epochs']} epochs",
+        ),
+        (
+            "(b2) latent cache build",
+            f"{f['cache_build_frames_per_s']:.1f}",
+            "frames/s",
+            f"{f['cache_build_frames']} frames; runs: "
+            + ", ".join(f"{t:.2f} s" for t in f["cache_build_seconds"]),
+        ),
+        (
+            "(b3) raw PyAV decode (rgb24)",
+            f"{f['raw_decode_frames_per_s']:.1f}",
+            "frames/s",
+            f"{f['raw_decode_frames']} frames per pass",
+        ),
     ]
     print(f"{'figure':44} {'median':>9}  {'unit':10} notes")
     for name, value, unit, note in rows:
         print(f"{name:44} {value:>9}  {unit:10} {note}")
     print("\nratios")
-    print(f"  trainer / bare step time    {f['ratio_trainer_over_bare']:8.3f}  medians "
-          f"({f['trainer_overhead_ms_per_step']:+.1f} ms/step); "
-          f"{f['ratio_trainer_over_bare_min']:.3f} on minima")
+    print(
+        f"  trainer / bare step time    {f['ratio_trainer_over_bare']:8.3f}  medians "
+        f"({f['trainer_overhead_ms_per_step']:+.1f} ms/step); "
+        f"{f['ratio_trainer_over_bare_min']:.3f} on minima"
+    )
     print(f"  cached epoch / raw decode   {f['ratio_cached_over_raw_decode']:8.3f}  frames/s over frames/s")
-    print(f"  cache build / raw decode    {f['ratio_cache_build_over_raw_decode']:8.3f}  "
-          "frames/s over frames/s")
+    print(
+        f"  cache build / raw decode    {f['ratio_cache_build_over_raw_decode']:8.3f}  frames/s over frames/s"
+    )
 
 
 # ---- main -------------------------------------------------------------------------------------------------
@@ -383,10 +472,12 @@ def run(s: Settings, root: Path) -> dict[str, Any]:
     set_threads(s.threads)
     logger.info("timing %d trainer and %d bare steps", s.steps, s.steps)
     times = time_steps(trainer, bare_step, s)
-    figures = summarize(s, trainer, times=times, cache=cache, epochs=epochs, decode=decode,
-                        bare_params=bare_params)
-    figures["setup"].update(cpu_count=os.cpu_count(), load_average_start=load_start,
-                            load_average_end=os.getloadavg()[0])
+    figures = summarize(
+        s, trainer, times=times, cache=cache, epochs=epochs, decode=decode, bare_params=bare_params
+    )
+    figures["setup"].update(
+        cpu_count=os.cpu_count(), load_average_start=load_start, load_average_end=os.getloadavg()[0]
+    )
     return figures
 
 

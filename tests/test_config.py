@@ -129,3 +129,13 @@ def test_examples_pass_check(tmp_path: Path, capsys) -> None:
         out = capsys.readouterr().out
         assert code == 0, out
         assert "2 clip(s)" in out and "config OK" in out
+
+
+def test_keys_lists_every_field_with_its_description(capsys) -> None:
+    from cinetune.config import TrainConfig
+
+    assert main(["keys"]) == 0
+    out = capsys.readouterr().out
+    for name in ("validation_num_video_frames", "bucket_strategy", "caption_strategy", "lora_target_modules"):
+        assert name in out
+    assert all(field.description for field in TrainConfig.model_fields.values())

@@ -156,6 +156,27 @@ def cmd_demo(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def cmd_keys(args: argparse.Namespace, extra: list[str]) -> int:
+    from rich.table import Table
+
+    from cinetune.config import DatasetConfig, TrainConfig, VideoOptions
+
+    for title, model in (
+        ("config.json", TrainConfig),
+        ("multidatabackend.json entry", DatasetConfig),
+        ("dataset video block", VideoOptions),
+    ):
+        table = Table(title=title, show_lines=False)
+        table.add_column("key", no_wrap=True)
+        table.add_column("default", overflow="fold", max_width=24)
+        table.add_column("description", overflow="fold")
+        for name, field in model.model_fields.items():
+            default = "required" if field.is_required() else repr(field.default)
+            table.add_row(name, default, field.description or "")
+        console.print(table)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cinetune", description="Fine-tune video diffusion models on your clips."
@@ -173,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output_dir")
     p.add_argument("--format", choices=["comfyui", "diffusers"], default="comfyui")
     p.add_argument("--model_family", default=None)
+    sub.add_parser("keys", help="list every config key with its default and description")
     p = sub.add_parser("demo", help="train a tiny model on built-in synthetic clips")
     p.add_argument("--output_dir", default="demo_output")
     return parser
@@ -184,6 +206,7 @@ COMMANDS = {
     "check": cmd_check,
     "export": cmd_export,
     "demo": cmd_demo,
+    "keys": cmd_keys,
 }
 
 

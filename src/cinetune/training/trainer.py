@@ -170,7 +170,14 @@ class Trainer:
         self.validator = self._make_validator()
         self.metrics = MetricsLog(self.output_dir, self.acc, cfg.report_to != "none")
         if cfg.report_to != "none":
-            self.acc.init_trackers(cfg.tracker_project_name, config=_flat_config(cfg))
+            run = cfg.tracker_run_name
+            # tensorboard: OUTPUT_DIR/<project>/<run>; wandb: project + run name
+            project = f"{cfg.tracker_project_name}/{run}" if run and cfg.report_to == "tensorboard" else None
+            self.acc.init_trackers(
+                project or cfg.tracker_project_name,
+                config=_flat_config(cfg),
+                init_kwargs={"wandb": {"name": run}} if run and cfg.report_to == "wandb" else {},
+            )
 
     def _repeats(self, dataset_id: str) -> int:
         return next(d.repeats for d in self.data_cfg.media if d.id == dataset_id)

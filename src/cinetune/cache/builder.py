@@ -40,9 +40,8 @@ class CacheIndex:
         return self.latents[dataset_id].load(self.latent_keys[(sample_index, window)])
 
 
-def _free(module: torch.nn.Module) -> None:
-    """Take a module off the device; the caller drops its last reference right after."""
-    module.cpu()
+def _collect() -> None:
+    """After the last reference to an encoder is dropped: free its host and device memory now."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -136,9 +135,9 @@ class CacheBuilder:
                 )
             if bar is not None:
                 bar(len(chunk))
-        _free(encoder)
+        encoder.cpu()
         del encoder, tokenizer
-        gc.collect()
+        _collect()
         self.index.stats["text_seconds"] = time.perf_counter() - start
 
     def build_latents(self, samples: list[Sample]) -> None:
@@ -173,8 +172,8 @@ class CacheBuilder:
             )
             if bar is not None:
                 bar(1)
-        _free(vae)
+        vae.cpu()
         del vae
-        gc.collect()
+        _collect()
         seconds = time.perf_counter() - start
         self.index.stats.update(latent_seconds=seconds, latent_frames=frames)

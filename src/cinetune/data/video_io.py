@@ -173,6 +173,8 @@ def fit_image(img: Image.Image, size: tuple[int, int]) -> np.ndarray:
     """
     target_w, target_h = size
     width, height = img.size
+    if (width, height) == (target_w, target_h):  # already the bucket's size: no resampling pass
+        return np.array(img.convert("RGB"), dtype=np.uint8)
     scale = max(target_w / width, target_h / height)
     crop_w, crop_h = target_w / scale, target_h / scale
     left, top = (width - crop_w) / 2, (height - crop_h) / 2

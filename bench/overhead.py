@@ -288,7 +288,7 @@ def time_steps(trainer: Trainer, bare_step: Callable[[], None], s: Settings) -> 
     groups = trainer_groups(trainer)
 
     def trainer_step() -> None:
-        trainer.optimizer_step(next(groups))
+        trainer.optimizer_step(trainer.load_group(next(groups)))
 
     for _ in range(s.warmup):
         trainer_step()

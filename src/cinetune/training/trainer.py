@@ -23,7 +23,7 @@ from cinetune.data import SkipReport, scan_datasets
 from cinetune.errors import ConfigError
 from cinetune.export.lora import COMFYUI_FILE, export_comfyui, save_diffusers_lora
 from cinetune.models.registry import build_family
-from cinetune.training.batches import load_batch
+from cinetune.training.batches import Batch, load_batch
 from cinetune.training.checkpoint import Checkpointer, resolve_checkpoint
 from cinetune.training.metrics import MetricsLog, make_progress
 from cinetune.training.optim import build_optimizer, build_scheduler
@@ -221,7 +221,7 @@ class Trainer:
                 while state.batch_in_epoch < usable and state.step < self.total_steps:
                     start = time.perf_counter()
                     group = batches[state.batch_in_epoch : state.batch_in_epoch + accum]
-                    loss, grad_norm = self.optimizer_step(group)
+                    loss, grad_norm = self.optimizer_step(self.load_group(group))
                     state.batch_in_epoch += accum
                     state.step += 1
                     seconds = time.perf_counter() - start
@@ -244,10 +244,10 @@ class Trainer:
                     state.epoch += 1
                     state.batch_in_epoch = 0
 
-    def optimizer_step(self, group: list[list[int]]) -> tuple[float, float]:
-        total = 0.0
-        for n, indices in enumerate(group):
-            batch = load_batch(
+    def load_group(self, group: list[list[int]]) -> list[Batch]:
+        """The micro-batches of one optimizer step, from the cache."""
+        return [
+            load_batch(
                 indices,
                 self.samples,
                 self.index,
@@ -257,7 +257,14 @@ class Trainer:
                 self.cfg.caption_dropout_probability,
                 self.cfg.vae_latent_sampling == "sample",
             )
-            sync = n == len(group) - 1
+            for indices in group
+        ]
+
+    def optimizer_step(self, batches: list[Batch]) -> tuple[float, float]:
+        """Backward each micro-batch (grads synced on the last), clip, step -> (mean loss, grad norm)."""
+        total = torch.zeros((), device=self.device)
+        for n, batch in enumerate(batches):
+            sync = n == len(batches) - 1
             context = self.acc.no_sync(self.model) if not sync else nullcontext()
             with context:
                 loss = self.family.training_loss(
@@ -268,15 +275,17 @@ class Trainer:
                     self.device,
                     self.weight_dtype,
                 )
-                self.acc.backward(loss / len(group))
-            total += loss.detach().float().item() / len(group)
+                self.acc.backward(loss / len(batches))
+            total += loss.detach().float() / len(
+                batches
+            )  # one host sync per step, below, not per micro-batch
         grad_norm = 0.0
         if self.cfg.max_grad_norm > 0:
             grad_norm = float(self.acc.clip_grad_norm_(self.params, self.cfg.max_grad_norm))
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        mean = self.acc.reduce(torch.tensor(total, device=self.device), reduction="mean")
+        mean = self.acc.reduce(total, reduction="mean")
         return float(mean), grad_norm
 
     def periodic(self, step: int) -> None:

@@ -156,6 +156,43 @@ def cmd_demo(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
+    from cinetune.benchmark import format_result, run_bench, write_json
+    from cinetune.config import parse_overrides
+    from cinetune.config.load import build_train_config, read_file
+
+    raw: dict[str, Any] = {}
+    path = _config_path(args.config)
+    if path is not None and (args.config or not args.family):
+        raw.update(read_file(path))
+    raw.update(parse_overrides(extra))
+    if args.family:
+        raw["model_family"] = args.family
+    if args.flavour:
+        raw["model_flavour"] = args.flavour
+    if "model_family" not in raw and "--model_family" not in raw:
+        raise ConfigError("bench: pass --family and --flavour, or --config PATH")
+    raw.setdefault("report_to", "none")
+    train = build_train_config(raw, where="bench")
+    width, height = _parse_size(args.resolution)
+    result = run_bench(
+        train, (width, height), args.frames, args.batch, args.steps, args.warmup, args.peak_tflops
+    )
+    console.print(format_result(result), highlight=False)
+    if args.json:
+        write_json(result, Path(args.json))
+        console.print(f"figures written to {args.json}")
+    return 0
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError as exc:
+        raise ConfigError(f"--resolution '{text}': expected WIDTHxHEIGHT, e.g. 768x512") from exc
+    return width, height
+
+
 def cmd_keys(args: argparse.Namespace, extra: list[str]) -> int:
     from rich.table import Table
 
@@ -195,6 +232,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["comfyui", "diffusers"], default="comfyui")
     p.add_argument("--model_family", default=None)
     sub.add_parser("keys", help="list every config key with its default and description")
+    p = sub.add_parser(
+        "bench",
+        help="time the real training step on the full-size architecture with random weights",
+        description="Speed and memory of a config before downloading weights. Config keys: --key=value.",
+    )
+    p.add_argument("--config", help="config.json / .toml whose training settings to use")
+    p.add_argument("--family", help="model_family (overrides the config's)")
+    p.add_argument("--flavour", help="model_flavour (overrides the config's)")
+    p.add_argument("--resolution", default="768x512", help="WIDTHxHEIGHT (default 768x512)")
+    p.add_argument("--frames", type=int, default=49, help="frames per sample (default 49)")
+    p.add_argument("--batch", type=int, default=1, help="samples per micro-batch (default 1)")
+    p.add_argument("--steps", type=int, default=10, help="timed steps; the median is reported (default 10)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
+    p.add_argument("--peak_tflops", type=float, default=None, help="device dense bf16 peak for MFU")
+    p.add_argument("--json", help="write the figures to this file")
     p = sub.add_parser("demo", help="train a tiny model on built-in synthetic clips")
     p.add_argument("--output_dir", default="demo_output")
     return parser
@@ -207,6 +259,7 @@ COMMANDS = {
     "export": cmd_export,
     "demo": cmd_demo,
     "keys": cmd_keys,
+    "bench": cmd_bench,
 }
 
 

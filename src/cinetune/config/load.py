@@ -39,12 +39,8 @@ NOT_SUPPORTED_YET: dict[str, str] = {
     "deepspeed_config": "DeepSpeed",
     "push_to_hub": "pushing to the hub",
     "hub_model_id": "pushing to the hub",
-    "validation_using_datasets": "I2V validation from a dataset",
-    "eval_dataset_id": "I2V validation from a dataset",
     "s2v_datasets": "audio datasets",
     "ltx2_checkpoint_filename": "the ltxvideo2 family",
-    "vae_enable_patch_conv": "VAE patch convolution",
-    "vae_enable_tiling": "VAE tiling",
     "first_frame_conditioning_p": "first-frame (I2V) conditioning",
     "lycoris_config": "LyCORIS",
     "controlnet": "ControlNet",
@@ -78,18 +74,14 @@ def _strip_dashes(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_override_value(text: str) -> Any:
-    """'2e-4' -> 2e-4, 'true' -> True, '[\"a\"]' -> ['a'], 'hello' -> 'hello'; pydantic coerces later."""
+    """'2e-4' -> 2e-4, 'true' -> True, '[\"a\"]' -> ['a'], 'no' -> 'no': JSON if it parses, else the string.
+
+    pydantic then coerces strings such as 'yes'/'off' for boolean keys, while a string key keeps 'no'.
+    """
     try:
         return json.loads(text)
     except json.JSONDecodeError:
-        low = text.strip().lower()
-        if low in ("true", "yes", "on"):
-            return True
-        if low in ("false", "no", "off"):
-            return False
-        if low in ("none", "null"):
-            return None
-        return text
+        return None if text.strip() in ("None", "none") else text
 
 
 def parse_overrides(args: list[str]) -> dict[str, Any]:

@@ -99,7 +99,51 @@ class ModelFamily(ABC):
     default_max_sequence_length: ClassVar[int]
     default_frame_rate: ClassVar[float] = 25.0
     pipeline_class: ClassVar[type]
+    transformer_class: ClassVar[type]
+    latent_compression: ClassVar[tuple[int, int]]  # (temporal, spatial) of the video VAE
     comfyui_renames: ClassVar[dict[str, str]] = {}
+    # Train-config options the family acts on (`configure`); any other one set is rejected, never ignored.
+    run_options: ClassVar[frozenset[str]] = frozenset()
+    # Image-to-video: validation passes a conditioning image to `generate` (see training/validation.py).
+    conditions_on_image: bool = False
+
+    def configure(self, cfg: Any) -> None:
+        """Read the per-run options of the train config. The base rejects those the family does not build."""
+        from cinetune.errors import ConfigError, NotSupportedYet
+
+        for key in ("vae_enable_patch_conv", "vae_enable_tiling"):
+            if getattr(cfg, key, False) and key not in self.run_options:
+                raise NotSupportedYet(f"{key} is not supported yet for the {self.name} family")
+        if not self.conditions_on_image and (
+            getattr(cfg, "validation_using_datasets", False) or getattr(cfg, "eval_dataset_id", None)
+        ):
+            raise ConfigError(
+                "validation_using_datasets / eval_dataset_id pick conditioning images for image-to-video "
+                f"validation; {self.name} flavour '{self.loader.flavour}' generates from text only"
+            )
+
+    def architecture_config(self) -> dict[str, Any]:
+        """The flavour's transformer config (full size, or tiny), for `cinetune bench` without weights."""
+        flavour = self.flavours[self.loader.flavour]
+        if "transformer_config" not in flavour.extra:
+            from cinetune.errors import NotSupportedYet
+
+            raise NotSupportedYet(
+                f"{self.name} flavour '{flavour.name}' has no architecture config for bench"
+            )
+        return dict(flavour.extra["transformer_config"])
+
+    def synthetic_caption(self, config: dict[str, Any], num_tokens: int) -> dict[str, torch.Tensor]:
+        """Random cached-caption tensors of the exact shape `encode_text` produces for `num_tokens` tokens."""
+        return {"prompt_embeds": torch.randn(num_tokens, config["caption_channels"])}
+
+    def synthetic_latents(
+        self, config: dict[str, Any], width: int, height: int, num_frames: int
+    ) -> dict[str, torch.Tensor]:
+        """Random cached-latent tensors of the exact shape `encode_video` produces for one clip."""
+        temporal, spatial = self.latent_compression
+        shape = (config["in_channels"], (num_frames - 1) // temporal + 1, height // spatial, width // spatial)
+        return {"latents": torch.randn(shape), "latents_std": torch.rand(shape) * 0.1}
 
     def generate(
         self,

@@ -29,7 +29,7 @@ from cinetune.training.metrics import MetricsLog, make_progress
 from cinetune.training.optim import build_optimizer, build_scheduler
 from cinetune.training.sampler import Item, check_batchable, epoch_batches
 from cinetune.training.state import TrainState
-from cinetune.training.validation import Validator, validation_prompts
+from cinetune.training.validation import Validator, condition_images, training_media, validation_prompts
 
 logger = logging.getLogger(__name__)
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": torch.float32, "fp32": torch.float32}
@@ -61,6 +61,7 @@ class Trainer:
         self.family = build_family(
             self.cfg.model_family, self.cfg.model_flavour, self.cfg.pretrained_model_name_or_path
         )
+        self.family.configure(self.cfg)
         self.device = self.acc.device
         self.dtype = _DTYPES[self.acc.mixed_precision]
         self.weight_dtype = (
@@ -86,8 +87,9 @@ class Trainer:
         return self.export()
 
     def scan(self) -> None:
+        media = training_media(self.cfg, self.data_cfg.media)
         self.samples = scan_datasets(
-            self.data_cfg.media, self.family.frame_rule, self.cfg.frame_rate, self.cfg.seed, self.report
+            media, self.family.frame_rule, self.cfg.frame_rate, self.cfg.seed, self.report
         )
         if self.acc.is_main_process:
             self.report.save(self.output_dir)
@@ -122,7 +124,44 @@ class Trainer:
 
     def prepare(self) -> None:
         cfg = self.cfg
-        transformer = self.family.load_transformer(self.weight_dtype)
+        self.items = [
+            Item(i, f"{s.bucket.key}@{s.frame_rate:g}fps")
+            for i, s in enumerate(self.samples)
+            for _ in range(self._repeats(s.dataset_id) + 1)
+        ]
+        check_batchable(self.items, cfg.train_batch_size, self.acc.num_processes)
+        batches = len(
+            epoch_batches(
+                self.items, cfg.train_batch_size, cfg.seed, 0, self.acc.process_index, self.acc.num_processes
+            )
+        )
+        self.steps_per_epoch = max(1, batches // cfg.gradient_accumulation_steps)
+        self.total_steps = cfg.max_train_steps or cfg.num_train_epochs * self.steps_per_epoch
+        self.setup_model(self.family.load_transformer(self.weight_dtype), self.total_steps)
+        self.checkpointer = Checkpointer(self.output_dir, cfg.checkpoints_total_limit, self.acc)
+        resume = resolve_checkpoint(self.output_dir, cfg.resume_from_checkpoint)
+        if resume is not None:
+            self.checkpointer.load(
+                resume, self.acc.unwrap_model(self.model), self.optimizer, self.scheduler, self.state
+            )
+        self.validator = self._make_validator()
+        self.metrics = MetricsLog(self.output_dir, self.acc, cfg.report_to != "none")
+        if cfg.report_to != "none":
+            run = cfg.tracker_run_name
+            # tensorboard: OUTPUT_DIR/<project>/<run>; wandb: project + run name
+            project = f"{cfg.tracker_project_name}/{run}" if run and cfg.report_to == "tensorboard" else None
+            self.acc.init_trackers(
+                project or cfg.tracker_project_name,
+                config=_flat_config(cfg),
+                init_kwargs={"wandb": {"name": run}} if run and cfg.report_to == "wandb" else {},
+            )
+
+    def setup_model(self, transformer: torch.nn.Module, total_steps: int) -> None:
+        """LoRA on the frozen transformer, fp32 trainable weights, optimizer, schedule, device placement.
+
+        `cinetune bench` calls this with a full-size random transformer: one code path for both.
+        """
+        cfg = self.cfg
         transformer.requires_grad_(False)
         targets = cfg.lora_target_modules or list(self.family.default_lora_targets)
         self.lora_config = LoraConfig(
@@ -144,40 +183,10 @@ class Trainer:
         if cfg.gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
         transformer.train()
-        self.items = [
-            Item(i, f"{s.bucket.key}@{s.frame_rate:g}fps")
-            for i, s in enumerate(self.samples)
-            for _ in range(self._repeats(s.dataset_id) + 1)
-        ]
-        check_batchable(self.items, cfg.train_batch_size, self.acc.num_processes)
-        batches = len(
-            epoch_batches(
-                self.items, cfg.train_batch_size, cfg.seed, 0, self.acc.process_index, self.acc.num_processes
-            )
-        )
-        self.steps_per_epoch = max(1, batches // cfg.gradient_accumulation_steps)
-        self.total_steps = cfg.max_train_steps or cfg.num_train_epochs * self.steps_per_epoch
         optimizer = build_optimizer(params, cfg)
-        self.scheduler = build_scheduler(optimizer, cfg, self.total_steps)
+        self.scheduler = build_scheduler(optimizer, cfg, total_steps)
         self.model, self.optimizer = self.acc.prepare(transformer, optimizer)
         self.params = params
-        self.checkpointer = Checkpointer(self.output_dir, cfg.checkpoints_total_limit, self.acc)
-        resume = resolve_checkpoint(self.output_dir, cfg.resume_from_checkpoint)
-        if resume is not None:
-            self.checkpointer.load(
-                resume, self.acc.unwrap_model(self.model), self.optimizer, self.scheduler, self.state
-            )
-        self.validator = self._make_validator()
-        self.metrics = MetricsLog(self.output_dir, self.acc, cfg.report_to != "none")
-        if cfg.report_to != "none":
-            run = cfg.tracker_run_name
-            # tensorboard: OUTPUT_DIR/<project>/<run>; wandb: project + run name
-            project = f"{cfg.tracker_project_name}/{run}" if run and cfg.report_to == "tensorboard" else None
-            self.acc.init_trackers(
-                project or cfg.tracker_project_name,
-                config=_flat_config(cfg),
-                init_kwargs={"wandb": {"name": run}} if run and cfg.report_to == "wandb" else {},
-            )
 
     def _repeats(self, dataset_id: str) -> int:
         return next(d.repeats for d in self.data_cfg.media if d.id == dataset_id)
@@ -197,6 +206,7 @@ class Trainer:
             self.device,
             self.dtype,
             offload_vae=cfg.offload_during_startup,
+            condition_images=condition_images(self.family, cfg, self.data_cfg.media, self.samples),
         )
 
     # ---- the loop ------------------------------------------------------------------------------------------

@@ -23,19 +23,56 @@ from cinetune.models.base import Flavour, FrameRule, ModelFamily, ModelInputs
 from cinetune.models.loading import ComponentLoader
 from cinetune.models.ltxvideo import tiny
 
+# Transformer architectures (diffusers' conversion script configs): 2B for 0.9.0-0.9.5, 13B from 0.9.7.
+_ARCH_2B = {
+    "in_channels": 128,
+    "out_channels": 128,
+    "patch_size": 1,
+    "patch_size_t": 1,
+    "num_attention_heads": 32,
+    "attention_head_dim": 64,
+    "cross_attention_dim": 2048,
+    "num_layers": 28,
+    "caption_channels": 4096,
+}
+_ARCH_13B = {
+    **_ARCH_2B,
+    "attention_head_dim": 128,
+    "cross_attention_dim": 4096,
+    "num_layers": 48,
+    "attention_bias": True,
+    "attention_out_bias": True,
+}
+
 # From 0.9.1 the VAE decoder is timestep-conditioned; diffusers' LTX docs decode with a little noise.
-_DECODE_NOISE = {"pipeline_kwargs": {"decode_timestep": 0.05, "decode_noise_scale": 0.025}}
+_DECODE = {"decode_timestep": 0.05, "decode_noise_scale": 0.025}
+_2B = {"transformer_config": _ARCH_2B}
+_2B_NOISE = {"transformer_config": _ARCH_2B, "pipeline_kwargs": _DECODE}
+_13B_NOISE = {"transformer_config": _ARCH_13B, "pipeline_kwargs": _DECODE}
 
 _FLAVOURS = [
-    Flavour("0.9.0", "Lightricks/LTX-Video", "LTX-Video 2B v0.9 (first release)"),
-    Flavour("0.9.1", "Lightricks/LTX-Video-0.9.1", "LTX-Video 2B v0.9.1"),
-    Flavour("0.9.5", "Lightricks/LTX-Video-0.9.5", "LTX-Video 2B v0.9.5"),
-    Flavour("0.9.7-13b-dev", "Lightricks/LTX-Video-0.9.7-dev", "LTX-Video 13B v0.9.7 dev"),
-    Flavour("0.9.7-13b-distilled", "Lightricks/LTX-Video-0.9.7-distilled", "LTX-Video 13B v0.9.7 distilled"),
+    Flavour("0.9.0", "Lightricks/LTX-Video", "LTX-Video 2B v0.9 (first release)", extra=_2B),
+    Flavour("0.9.1", "Lightricks/LTX-Video-0.9.1", "LTX-Video 2B v0.9.1", extra=_2B_NOISE),
+    Flavour("0.9.5", "Lightricks/LTX-Video-0.9.5", "LTX-Video 2B v0.9.5", extra=_2B_NOISE),
+    Flavour("0.9.7-13b-dev", "Lightricks/LTX-Video-0.9.7-dev", "LTX-Video 13B v0.9.7 dev", extra=_13B_NOISE),
     Flavour(
-        "0.9.8-13b-distilled", "Lightricks/LTX-Video-0.9.8-13B-distilled", "LTX-Video 13B v0.9.8 distilled"
+        "0.9.7-13b-distilled",
+        "Lightricks/LTX-Video-0.9.7-distilled",
+        "LTX-Video 13B v0.9.7 distilled",
+        extra=_13B_NOISE,
     ),
-    Flavour("tiny", None, "Tiny random model built in memory (tests and `make demo`)"),
+    Flavour(
+        "0.9.8-13b-distilled",
+        "Lightricks/LTX-Video-0.9.8-13B-distilled",
+        "LTX-Video 13B v0.9.8 distilled",
+        extra=_13B_NOISE,
+    ),
+    Flavour(
+        "tiny",
+        None,
+        "Tiny random model built in memory (tests and `make demo`)",
+        extra={"transformer_config": tiny.TINY_TRANSFORMER_CONFIG},
+    ),
 ]
 
 
@@ -65,6 +102,8 @@ class LTXVideoFamily(ModelFamily):
     default_max_sequence_length: ClassVar[int] = 128
     default_frame_rate: ClassVar[float] = 25.0
     pipeline_class: ClassVar[type] = LTXPipeline
+    transformer_class: ClassVar[type] = LTXVideoTransformer3DModel
+    latent_compression: ClassVar[tuple[int, int]] = (8, 32)
     # diffusers -> original (ComfyUI) module names, for LoRA targets outside the attention blocks.
     comfyui_renames: ClassVar[dict[str, str]] = {
         "proj_in": "patchify_proj",

@@ -20,6 +20,17 @@ from transformers import T5Config, T5EncoderModel, T5Tokenizer
 
 TINY_LATENT_CHANNELS = 16
 TINY_TEXT_DIM = 32
+TINY_TRANSFORMER_CONFIG = {
+    "in_channels": TINY_LATENT_CHANNELS,
+    "out_channels": TINY_LATENT_CHANNELS,
+    "patch_size": 1,
+    "patch_size_t": 1,
+    "num_attention_heads": 4,
+    "attention_head_dim": 8,
+    "cross_attention_dim": 32,
+    "num_layers": 2,
+    "caption_channels": TINY_TEXT_DIM,
+}
 _WORDS = (
     "a an the of in on at with and to is are video clip shot scene person man woman child dog cat bird car "
     "tree sky sea water city street room light dark red blue green yellow white black walks runs jumps "
@@ -54,17 +65,7 @@ def tiny_components(seed: int = 0) -> dict:
             decoder_start_token_id=0,
         )
     )
-    transformer = LTXVideoTransformer3DModel(
-        in_channels=TINY_LATENT_CHANNELS,
-        out_channels=TINY_LATENT_CHANNELS,
-        patch_size=1,
-        patch_size_t=1,
-        num_attention_heads=4,
-        attention_head_dim=8,
-        cross_attention_dim=32,
-        num_layers=2,
-        caption_channels=TINY_TEXT_DIM,
-    )
+    transformer = LTXVideoTransformer3DModel(**TINY_TRANSFORMER_CONFIG)
     vae = AutoencoderKLLTXVideo(
         latent_channels=TINY_LATENT_CHANNELS,
         block_out_channels=(8, 8, 8, 8),

@@ -1,0 +1,231 @@
+"""`cinetune bench`: speed and memory of the real training step on the full-size architecture, random weights.
+
+Speed and memory do not depend on weight values, so the flavour's transformer is built from its architecture
+config with random weights created directly on the device, fed synthetic latents and caption embeddings of
+the exact cached shapes, and trained by the trainer's own `setup_model` / `optimizer_step` (the code path of
+`cinetune train`). FLOPs are counted by `torch.utils.flop_counter.FlopCounterMode` over one step (forward
+and backward as executed, frozen weights included).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from cinetune.config import LoadedConfig, TrainConfig
+from cinetune.training.batches import Batch
+from cinetune.training.trainer import Trainer
+
+logger = logging.getLogger(__name__)
+
+# Dense bf16 tensor-core peaks (no sparsity), TFLOP/s, by a substring of torch.cuda.get_device_name().
+DEVICE_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "RTX 4090": 165.2}
+
+
+@dataclass
+class BenchResult:
+    family: str
+    flavour: str
+    device: str
+    resolution: str
+    num_frames: int
+    batch_size: int
+    tokens_per_sample: int
+    params_total: int
+    params_trainable: int
+    build_seconds: float
+    s_per_step_median: float
+    s_per_step_all: list[float]
+    tokens_per_s: float
+    flops_per_step: float
+    flops_method: str
+    achieved_tflops: float
+    peak_tflops: float | None
+    mfu: float | None
+    memory_allocated_gib: float | None
+    memory_reserved_gib: float | None
+    host_peak_rss_gib: float
+    settings: dict[str, Any]
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def random_transformer(cls: type, config: dict[str, Any], dtype: torch.dtype, device: torch.device):
+    """The architecture with random weights, allocated and initialised directly on `device` in `dtype`."""
+    with torch.device(device), default_dtype(dtype if dtype.is_floating_point else torch.float32):
+        return cls.from_config(config)
+
+
+def synthetic_batch(trainer: Trainer, config: dict[str, Any], size: tuple[int, int], frames: int, batch: int):
+    family = trainer.family
+    tokens = trainer.max_sequence_length
+    latents = [family.synthetic_latents(config, size[0], size[1], frames) for _ in range(batch)]
+    tensors = {key: torch.stack([item[key] for item in latents]) for key in latents[0]}
+    text = family.collate_text([family.synthetic_caption(config, tokens) for _ in range(batch)])
+    return Batch(
+        tensors=tensors,
+        text=text,
+        frame_rate=trainer.cfg.frame_rate,
+        use_std=trainer.cfg.vae_latent_sampling == "sample",
+    )
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def device_peak_tflops(device: torch.device, override: float | None) -> float | None:
+    if override:
+        return override
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in DEVICE_PEAK_TFLOPS.items() if key in name), None)
+
+
+def run_bench(
+    train: TrainConfig,
+    size: tuple[int, int],
+    frames: int,
+    batch: int,
+    steps: int,
+    warmup: int,
+    peak_tflops: float | None = None,
+) -> BenchResult:
+    trainer = Trainer(LoadedConfig(train=train, data=None, config_path=None))
+    family, device = trainer.family, trainer.device
+    rule = family.frame_rule
+    frames = rule.adjust_frames(frames, "--frames")
+    size = (rule.side_down(size[0]), rule.side_down(size[1]))
+    config = family.architecture_config()
+    start = time.perf_counter()
+    transformer = random_transformer(family.transformer_class, config, trainer.weight_dtype, device)
+    _sync(device)
+    build_seconds = time.perf_counter() - start
+    trainer.setup_model(transformer, total_steps=warmup + steps + 1)
+    params_total = sum(p.numel() for p in transformer.parameters())  # frozen + LoRA
+    params_trainable = sum(p.numel() for p in trainer.params)
+    micro = [synthetic_batch(trainer, config, size, frames, batch)] * train.gradient_accumulation_steps
+    for _ in range(warmup):
+        trainer.optimizer_step(micro)
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        trainer.optimizer_step(micro)
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    memory = (None, None)
+    if device.type == "cuda":
+        memory = (
+            torch.cuda.max_memory_allocated(device) / 2**30,
+            torch.cuda.max_memory_reserved(device) / 2**30,
+        )
+    with FlopCounterMode(display=False) as counter:
+        trainer.optimizer_step(micro)
+    flops = float(counter.get_total_flops())
+    median = statistics.median(times)
+    tokens = family.num_tokens(micro[0].latents.shape) // batch
+    peak = device_peak_tflops(device, peak_tflops)
+    achieved = flops / median / 1e12
+    return BenchResult(
+        family=family.name,
+        flavour=family.loader.flavour,
+        device=_device_name(device),
+        resolution=f"{size[0]}x{size[1]}",
+        num_frames=frames,
+        batch_size=batch,
+        tokens_per_sample=tokens,
+        params_total=params_total,
+        params_trainable=params_trainable,
+        build_seconds=build_seconds,
+        s_per_step_median=median,
+        s_per_step_all=times,
+        tokens_per_s=tokens * batch * train.gradient_accumulation_steps / median,
+        flops_per_step=flops,
+        flops_method="counted (torch.utils.flop_counter, one step, forward+backward)",
+        achieved_tflops=achieved,
+        peak_tflops=peak,
+        mfu=achieved / peak if peak else None,
+        memory_allocated_gib=memory[0],
+        memory_reserved_gib=memory[1],
+        host_peak_rss_gib=_peak_rss_gib(),
+        settings={
+            "mixed_precision": trainer.acc.mixed_precision,
+            "weights": str(trainer.weight_dtype),
+            "gradient_checkpointing": train.gradient_checkpointing,
+            "lora_rank": train.lora_rank,
+            "gradient_accumulation_steps": train.gradient_accumulation_steps,
+            "optimizer": train.optimizer,
+            "torch": torch.__version__,
+            "python": sys.version.split()[0],
+        },
+    )
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type} ({torch.get_num_threads()} threads)"
+
+
+def _peak_rss_gib() -> float:
+    # ru_maxrss is KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def format_result(result: BenchResult) -> str:
+    mem = (
+        f"{result.memory_allocated_gib:.2f} GiB allocated, {result.memory_reserved_gib:.2f} GiB reserved"
+        if result.memory_allocated_gib is not None
+        else f"n/a on {result.device} (host peak RSS {result.host_peak_rss_gib:.2f} GiB)"
+    )
+    mfu = (
+        f"{result.mfu:.1%} of {result.peak_tflops:.0f} TFLOP/s"
+        if result.mfu is not None
+        else "n/a (no known peak)"
+    )
+    return "\n".join(
+        [
+            f"{result.family}/{result.flavour} on {result.device}: "
+            f"{result.resolution}x{result.num_frames} frames, "
+            f"batch {result.batch_size}, {result.tokens_per_sample} video tokens per sample",
+            f"  params           {result.params_total / 1e9:.3f} B total, "
+            f"{result.params_trainable / 1e6:.2f} M trainable "
+            f"(built in {result.build_seconds:.1f} s)",
+            f"  s/step (median)  {result.s_per_step_median:.4f}  over {len(result.s_per_step_all)} steps",
+            f"  tokens/s         {result.tokens_per_s:,.0f}",
+            f"  peak memory      {mem}",
+            f"  FLOPs/step       {result.flops_per_step:.4g} ({result.flops_method})",
+            f"  achieved         {result.achieved_tflops:.3f} TFLOP/s; MFU {mfu}",
+            f"  settings         {json.dumps(result.settings)}",
+        ]
+    )
+
+
+def write_json(result: BenchResult, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(asdict(result), indent=2))

@@ -1,4 +1,5 @@
-"""The LTX-2 combined checkpoint, component by component: original key names -> diffusers, configs from metadata.
+"""The LTX-2 combined checkpoint, component by component: original key names -> diffusers, configs from
+metadata.
 
 The released file (`ltx-2-19b-dev.safetensors`) holds every component under a key prefix and the original
 (ltx-core) configuration as JSON in the safetensors metadata (`config`). Each component is converted alone:
@@ -39,8 +40,16 @@ TRANSFORMER_RENAMES: dict[str, str] = {
     "audio_a2v_cross_attn_scale_shift_table": "scale_shift_table_a2v_ca_audio",
 }
 CONNECTOR_RENAMES = {"transformer_blocks": "transformer_1d_blocks", "norm_q": "q_norm", "norm_k": "k_norm"}
-VOCODER_RENAMES = {"upsamplers": "ups", "resnets": "resblocks", "conv_in": "conv_pre", "conv_out": "conv_post"}
-_STATS = {"latents_mean": "per_channel_statistics.mean-of-means", "latents_std": "per_channel_statistics.std-of-means"}
+VOCODER_RENAMES = {
+    "upsamplers": "ups",
+    "resnets": "resblocks",
+    "conv_in": "conv_pre",
+    "conv_out": "conv_post",
+}
+_STATS = {
+    "latents_mean": "per_channel_statistics.mean-of-means",
+    "latents_std": "per_channel_statistics.std-of-means",
+}
 _PROJECTIONS = {
     "text_proj_in": "aggregate_embed",
     "video_text_proj_in": "video_aggregate_embed",
@@ -68,21 +77,26 @@ def component_keys(keys: list[str], component: str) -> list[str]:
         ]
     if component == "connectors":
         return [
-            k for k in keys if k.startswith((VIDEO_CONNECTOR_PREFIX, AUDIO_CONNECTOR_PREFIX, TEXT_PROJECTION_PREFIX))
+            k
+            for k in keys
+            if k.startswith((VIDEO_CONNECTOR_PREFIX, AUDIO_CONNECTOR_PREFIX, TEXT_PROJECTION_PREFIX))
         ]
     prefix = COMPONENT_PREFIXES[component]
     return [k for k in keys if k.startswith(prefix)]
 
 
 # ---- key conversion --------------------------------------------------------------------------------------
-def to_diffusers_key(key: str, component: str) -> str | None:
-    """Original checkpoint key -> diffusers state-dict key of the component (None: not part of the model)."""
+def to_diffusers_key(key: str, component: str, encoder_depth: int = 9) -> str | None:
+    """Original checkpoint key -> diffusers state-dict key of the component (None: not part of the model).
+
+    encoder_depth: number of original video-encoder blocks (the last one is diffusers' mid block).
+    """
     if component == "transformer":
         return rename_segments(key.removeprefix(TRANSFORMER_PREFIX), _inverse(TRANSFORMER_RENAMES))
     if component == "connectors":
         return _connector_key(key)
     if component == "vae":
-        return _video_vae_key(key.removeprefix("vae."))
+        return _video_vae_key(key.removeprefix("vae."), encoder_depth)
     if component == "audio_vae":
         return _stats_key(key.removeprefix("audio_vae."))
     if component == "vocoder":
@@ -94,7 +108,10 @@ def _connector_key(key: str) -> str:
     if key.startswith(TEXT_PROJECTION_PREFIX):
         name, _, rest = key.removeprefix(TEXT_PROJECTION_PREFIX).partition(".")
         return f"{_inverse(_PROJECTIONS)[name]}.{rest}"
-    for prefix, target in ((VIDEO_CONNECTOR_PREFIX, "video_connector."), (AUDIO_CONNECTOR_PREFIX, "audio_connector.")):
+    for prefix, target in (
+        (VIDEO_CONNECTOR_PREFIX, "video_connector."),
+        (AUDIO_CONNECTOR_PREFIX, "audio_connector."),
+    ):
         if key.startswith(prefix):
             return target + rename_segments(key.removeprefix(prefix), _inverse(CONNECTOR_RENAMES))
     raise ValueError(f"not a connector key: {key}")
@@ -109,7 +126,7 @@ def _stats_key(key: str) -> str | None:
     return key
 
 
-def _video_vae_key(key: str) -> str | None:
+def _video_vae_key(key: str, encoder_depth: int) -> str | None:
     """Original blocks alternate resnet stacks and resamplers; diffusers groups each pair into one block.
 
     encoder.down_blocks.{2j} -> down_blocks.{j} (resnets), {2j+1} -> down_blocks.{j}.downsamplers.0, the last
@@ -125,16 +142,12 @@ def _video_vae_key(key: str) -> str | None:
         return key
     where, index, rest = match.group(1), int(match.group(2)), match.group(3)
     if where.startswith("encoder"):
-        return f"encoder.{_encoder_block(index, rest)}"
+        return f"encoder.{_encoder_block(index, rest, encoder_depth)}"
     return f"decoder.{_decoder_block(index, rest)}"
 
 
-# The index of the encoder's last block (its mid block) depends on the depth; set per checkpoint.
-_ENCODER_DEPTH: dict[str, int] = {"blocks": 9}
-
-
-def _encoder_block(index: int, rest: str) -> str:
-    if index == _ENCODER_DEPTH["blocks"] - 1:
+def _encoder_block(index: int, rest: str, depth: int) -> str:
+    if index == depth - 1:
         return f"mid_block.{rest}"
     if index % 2 == 0:
         return f"down_blocks.{index // 2}.{rest}"
@@ -149,21 +162,29 @@ def _decoder_block(index: int, rest: str) -> str:
     return f"up_blocks.{(index - 2) // 2}.{rest}"
 
 
-def convert_state_dict(original: dict[str, Any], component: str) -> dict[str, Any]:
-    """Rename one component's original state dict (keys with their prefix) to its diffusers class's keys."""
-    if component == "vae":
-        encoder = {int(m.group(1)) for k in original if (m := re.match(r"^vae\.encoder\.down_blocks\.(\d+)\.", k))}
-        _ENCODER_DEPTH["blocks"] = max(encoder) + 1 if encoder else 9
+def diffusers_key_map(keys: list[str], component: str) -> dict[str, str]:
+    """original key -> diffusers key for one component's checkpoint keys; keys diffusers does not use are
+    left out.
+
+    Works on names only, so a loader can decide what to read before reading any tensor.
+    """
+    blocks = {int(m.group(1)) for k in keys if (m := re.match(r"^vae\.encoder\.down_blocks\.(\d+)\.", k))}
+    depth = max(blocks) + 1 if blocks else 9
     out = {}
-    for key, value in original.items():
-        new = to_diffusers_key(key, component)
+    for key in keys:
+        new = to_diffusers_key(key, component, depth)
         if new is not None:
-            out[new] = value
+            out[key] = new
     return out
 
 
+def convert_state_dict(original: dict[str, Any], component: str) -> dict[str, Any]:
+    """Rename one component's original state dict (keys with their prefix) to its diffusers class's keys."""
+    return {new: original[old] for old, new in diffusers_key_map(list(original), component).items()}
+
+
 def to_original_state_dict(diffusers_sd: dict[str, Any], component: str) -> dict[str, Any]:
-    """Inverse of `convert_state_dict` (with the prefixes): how a diffusers component is stored in the file."""
+    """Inverse of `convert_state_dict`, prefixes included: how the file stores a diffusers component."""
     out = {}
     for key, value in diffusers_sd.items():
         out[_original_key(key, component, diffusers_sd)] = value
@@ -171,21 +192,28 @@ def to_original_state_dict(diffusers_sd: dict[str, Any], component: str) -> dict
 
 
 def _original_key(key: str, component: str, sd: dict[str, Any]) -> str:
-    if component == "transformer":
-        return TRANSFORMER_PREFIX + rename_segments(key, TRANSFORMER_RENAMES)
     if component == "connectors":
-        head, _, rest = key.partition(".")
-        if head in _PROJECTIONS:
-            return f"{TEXT_PROJECTION_PREFIX}{_PROJECTIONS[head]}.{rest}"
-        prefix = VIDEO_CONNECTOR_PREFIX if head == "video_connector" else AUDIO_CONNECTOR_PREFIX
-        return prefix + rename_segments(rest, CONNECTOR_RENAMES)
-    if component == "vocoder":
-        return "vocoder." + rename_segments(key, VOCODER_RENAMES)
+        return _connector_original(key)
+    renamed = {
+        "transformer": (TRANSFORMER_PREFIX, TRANSFORMER_RENAMES),
+        "vocoder": ("vocoder.", VOCODER_RENAMES),
+    }
+    if component in renamed:
+        prefix, renames = renamed[component]
+        return prefix + rename_segments(key, renames)
     if key in _STATS:
         return f"{COMPONENT_PREFIXES[component]}{_STATS[key]}"
     if component == "audio_vae":
         return "audio_vae." + key
     return "vae." + _video_vae_original(key, sd)
+
+
+def _connector_original(key: str) -> str:
+    head, _, rest = key.partition(".")
+    if head in _PROJECTIONS:
+        return f"{TEXT_PROJECTION_PREFIX}{_PROJECTIONS[head]}.{rest}"
+    prefix = VIDEO_CONNECTOR_PREFIX if head == "video_connector" else AUDIO_CONNECTOR_PREFIX
+    return prefix + rename_segments(rest, CONNECTOR_RENAMES)
 
 
 def _video_vae_original(key: str, sd: dict[str, Any]) -> str:

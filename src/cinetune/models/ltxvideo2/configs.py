@@ -1,0 +1,273 @@
+"""diffusers configs of the LTX-2 components, from the original (ltx-core) config in the checkpoint metadata.
+
+`meta` is the file's `config` JSON (sections transformer, vae, audio_vae, vocoder); `shapes` maps the
+component's
+diffusers keys to tensor shapes. Values the weights determine (layer counts, widths, registers, biases) come
+from
+`shapes`; the rest from `meta`, with ltx-core's defaults for missing entries. A file without metadata gets the
+values diffusers published for LTX-2.0 (scripts/convert_ltx2_to_diffusers.py).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+Shapes = dict[str, tuple[int, ...]]
+
+_LTX2_VIDEO_VAE = {
+    "latent_channels": 128,
+    "patch_size": 4,
+    "encoder_blocks": [
+        ["res_x", {"num_layers": 4}],
+        ["compress_space_res", {"multiplier": 2}],
+        ["res_x", {"num_layers": 6}],
+        ["compress_time_res", {"multiplier": 2}],
+        ["res_x", {"num_layers": 6}],
+        ["compress_all_res", {"multiplier": 2}],
+        ["res_x", {"num_layers": 2}],
+        ["compress_all_res", {"multiplier": 2}],
+        ["res_x", {"num_layers": 2}],
+    ],
+    "decoder_blocks": [
+        ["res_x", {"num_layers": 5, "inject_noise": False}],
+        ["compress_all", {"residual": True, "multiplier": 2}],
+        ["res_x", {"num_layers": 5, "inject_noise": False}],
+        ["compress_all", {"residual": True, "multiplier": 2}],
+        ["res_x", {"num_layers": 5, "inject_noise": False}],
+        ["compress_all", {"residual": True, "multiplier": 2}],
+        ["res_x", {"num_layers": 5, "inject_noise": False}],
+    ],
+    "decoder_base_channels": 128,
+    "causal_decoder": False,
+}
+_DOWNSAMPLE = {
+    "compress_space_res": "spatial",
+    "compress_time_res": "temporal",
+    "compress_all_res": "spatiotemporal",
+}
+_UPSAMPLE = {"compress_space": "spatial", "compress_time": "temporal", "compress_all": "spatiotemporal"}
+_STRIDES = {"spatial": (1, 2), "temporal": (2, 1), "spatiotemporal": (2, 2)}  # (time, space)
+
+
+def _count(shapes: Shapes, pattern: str) -> int:
+    found = {m.group(1) for k in shapes if (m := re.match(pattern, k))}
+    return len(found)
+
+
+def transformer_config(meta: dict[str, Any] | None, shapes: Shapes) -> dict[str, Any]:
+    """LTX2VideoTransformer3DModel config: widths and depth from the weights, head sizes from metadata."""
+    t = (meta or {}).get("transformer", {})
+    inner, in_channels = shapes["proj_in.weight"]
+    audio_inner, audio_in = shapes["audio_proj_in.weight"]
+    head_dim = t.get("attention_head_dim", 128)
+    audio_head_dim = t.get("audio_attention_head_dim", 64)
+    max_pos = t.get("positional_embedding_max_pos", [20, 2048, 2048])
+    cross_mod = bool(t.get("cross_attention_adaln", False))
+    gated = bool(t.get("apply_gated_attention", False))
+    config = {
+        "in_channels": in_channels,
+        "out_channels": shapes["proj_out.weight"][0],
+        "num_attention_heads": inner // head_dim,
+        "attention_head_dim": head_dim,
+        "cross_attention_dim": shapes["transformer_blocks.0.attn2.to_k.weight"][1],
+        "pos_embed_max_pos": max_pos[0],
+        "base_height": max_pos[1],
+        "base_width": max_pos[2],
+        "gated_attn": gated,
+        "cross_attn_mod": cross_mod,
+        "audio_in_channels": audio_in,
+        "audio_out_channels": shapes["audio_proj_out.weight"][0],
+        "audio_num_attention_heads": audio_inner // audio_head_dim,
+        "audio_attention_head_dim": audio_head_dim,
+        "audio_cross_attention_dim": shapes["transformer_blocks.0.audio_attn2.to_k.weight"][1],
+        "audio_pos_embed_max_pos": t.get("audio_positional_embedding_max_pos", [20])[0],
+        "audio_gated_attn": gated,
+        "audio_cross_attn_mod": cross_mod,
+        "num_layers": _count(shapes, r"^transformer_blocks\.(\d+)\."),
+        "norm_eps": t.get("norm_eps", 1e-6),
+        "rope_theta": t.get("positional_embedding_theta", 10000.0),
+        "timestep_scale_multiplier": t.get("timestep_scale_multiplier", 1000),
+        "use_prompt_embeddings": "caption_projection.linear_1.weight" in shapes,
+    }
+    if "caption_projection.linear_1.weight" in shapes:
+        config["caption_channels"] = shapes["caption_projection.linear_1.weight"][1]
+    if meta is None:  # published LTX-2.0 diffusers config (rope, cross-attention gate scale)
+        config.update(
+            rope_type="interleaved", rope_double_precision=True, cross_attn_timestep_scale_multiplier=1000
+        )
+    else:
+        config.update(
+            rope_type=t.get("rope_type", "interleaved"),
+            rope_double_precision=t.get("frequencies_precision", False) == "float64",
+            cross_attn_timestep_scale_multiplier=t.get("av_ca_timestep_scale_multiplier", 1),
+        )
+    return config
+
+
+def connectors_config(meta: dict[str, Any] | None, shapes: Shapes) -> dict[str, Any]:
+    """LTX2TextConnectors config: projection widths and register counts from the weights."""
+    t = (meta or {}).get("transformer", {})
+    per_modality = "video_text_proj_in.weight" in shapes
+    proj = shapes["video_text_proj_in.weight" if per_modality else "text_proj_in.weight"]
+    video_inner = shapes["video_connector.transformer_blocks.0.attn1.to_q.weight"][0]
+    audio_inner = shapes["audio_connector.transformer_blocks.0.attn1.to_q.weight"][0]
+    head_dim = t.get("connector_attention_head_dim", 128)
+    audio_head_dim = t.get("audio_connector_attention_head_dim", head_dim)
+    caption_channels = video_inner
+    config: dict[str, Any] = {
+        "caption_channels": caption_channels,
+        "text_proj_in_factor": proj[1] // caption_channels,
+        "video_connector_num_attention_heads": video_inner // head_dim,
+        "video_connector_attention_head_dim": head_dim,
+        "video_connector_num_layers": _count(shapes, r"^video_connector\.transformer_blocks\.(\d+)\."),
+        "video_connector_num_learnable_registers": _registers(shapes, "video_connector"),
+        "video_gated_attn": bool(t.get("connector_apply_gated_attention", False)),
+        "audio_connector_num_attention_heads": audio_inner // audio_head_dim,
+        "audio_connector_attention_head_dim": audio_head_dim,
+        "audio_connector_num_layers": _count(shapes, r"^audio_connector\.transformer_blocks\.(\d+)\."),
+        "audio_connector_num_learnable_registers": _registers(shapes, "audio_connector"),
+        "audio_gated_attn": bool(t.get("audio_connector_apply_gated_attention", False)),
+        "per_modality_projections": per_modality,
+    }
+    if per_modality:
+        config.update(
+            video_hidden_dim=proj[0],
+            audio_hidden_dim=shapes["audio_text_proj_in.weight"][0],
+            proj_bias="video_text_proj_in.bias" in shapes,
+        )
+    if meta is None:
+        config.update(connector_rope_base_seq_len=4096, rope_type="interleaved", rope_double_precision=True)
+    else:
+        config.update(
+            connector_rope_base_seq_len=t.get("connector_positional_embedding_max_pos", [1])[0],
+            rope_theta=t.get("positional_embedding_theta", 10000.0),
+            rope_type=t.get("rope_type", "interleaved"),
+            rope_double_precision=t.get("frequencies_precision", False) == "float64",
+        )
+    return config
+
+
+def _registers(shapes: Shapes, connector: str) -> int | None:
+    shape = shapes.get(f"{connector}.learnable_registers")
+    return shape[0] if shape else None
+
+
+def video_vae_config(meta: dict[str, Any] | None, shapes: Shapes) -> dict[str, Any]:
+    """AutoencoderKLLTX2Video config from the original block lists (encoder_blocks / decoder_blocks)."""
+    vae = {**_LTX2_VIDEO_VAE, **((meta or {}).get("vae", {}))}
+    channels = latent = vae.get("latent_channels", 128)
+    layers, block_out, downsample = [], [], []
+    for name, raw in vae["encoder_blocks"]:
+        params = {"num_layers": raw} if isinstance(raw, int) else raw
+        if name == "res_x":
+            layers.append(params["num_layers"])
+        elif name in _DOWNSAMPLE:
+            channels *= params.get("multiplier", 2)
+            block_out.append(channels)
+            downsample.append(_DOWNSAMPLE[name])
+        else:
+            raise ValueError(f"video VAE encoder block '{name}' has no diffusers equivalent")
+    dec_layers, dec_noise, up_types, residual, factors = [], [], [], [], []
+    for name, raw in reversed(vae["decoder_blocks"]):
+        params = {"num_layers": raw} if isinstance(raw, int) else raw
+        if name == "res_x":
+            dec_layers.append(params["num_layers"])
+            dec_noise.append(bool(params.get("inject_noise", False)))
+        elif name in _UPSAMPLE:
+            up_types.append(_UPSAMPLE[name])
+            residual.append(bool(params.get("residual", False)))
+            factors.append(params.get("multiplier", 1))
+        else:
+            raise ValueError(f"video VAE decoder block '{name}' has no diffusers equivalent")
+    dec_channels, width = [], vae.get("decoder_base_channels", 128) * 8
+    for factor in factors:
+        dec_channels.append(width)
+        width //= factor
+    patch = vae.get("patch_size", 4)
+    padding = vae.get("spatial_padding_mode")
+    return {
+        "in_channels": vae.get("in_channels", 3),
+        "out_channels": vae.get("out_channels", 3),
+        "latent_channels": latent,
+        "block_out_channels": tuple(block_out),
+        "down_block_types": ("LTX2VideoDownBlock3D",) * len(block_out),
+        "decoder_block_out_channels": tuple(reversed(dec_channels)),
+        "layers_per_block": tuple(layers),
+        "decoder_layers_per_block": tuple(dec_layers),
+        "spatio_temporal_scaling": (True,) * len(block_out),
+        "decoder_spatio_temporal_scaling": (True,) * len(up_types),
+        "decoder_inject_noise": tuple(dec_noise),
+        "downsample_type": tuple(downsample),
+        "upsample_type": tuple(reversed(up_types)),
+        "upsample_residual": tuple(reversed(residual)),
+        "upsample_factor": tuple(reversed(factors)),
+        "timestep_conditioning": "decoder.last_scale_shift_table" in shapes,
+        "patch_size": patch,
+        "patch_size_t": 1,
+        "encoder_causal": True,
+        "decoder_causal": bool(vae.get("causal_decoder", False)),
+        "encoder_spatial_padding_mode": padding or "zeros",
+        "decoder_spatial_padding_mode": padding or "reflect",
+        "spatial_compression_ratio": patch * 2 ** sum(_STRIDES[d][1] == 2 for d in downsample),
+        "temporal_compression_ratio": 2 ** sum(_STRIDES[d][0] == 2 for d in downsample),
+    }
+
+
+def audio_vae_config(meta: dict[str, Any] | None, shapes: Shapes) -> dict[str, Any]:
+    """AutoencoderKLLTX2Audio config from the original ddconfig / preprocessing sections."""
+    if meta is None or "audio_vae" not in meta:
+        return {}  # diffusers' AutoencoderKLLTX2Audio defaults are the LTX-2.0 audio VAE
+    section = meta["audio_vae"]
+    params = section.get("model", {}).get("params", {})
+    dd = params.get("ddconfig", {})
+    stft = section.get("preprocessing", {}).get("stft", {})
+    mel = section.get("preprocessing", {}).get("mel", {})
+    attn = dd.get("attn_resolutions", [8, 16, 32])
+    return {
+        "base_channels": dd.get("ch", 128),
+        "output_channels": dd.get("out_ch", 2),
+        "ch_mult": tuple(dd.get("ch_mult", (1, 2, 4))),
+        "num_res_blocks": dd.get("num_res_blocks", 2),
+        "attn_resolutions": tuple(attn) if attn else None,
+        "in_channels": dd.get("in_channels", 2),
+        "resolution": dd.get("resolution", 256),
+        "latent_channels": dd.get("z_channels", 8),
+        "norm_type": dd.get("norm_type", "pixel"),
+        "causality_axis": dd.get("causality_axis", "height"),
+        "dropout": dd.get("dropout", 0.0),
+        "mid_block_add_attention": dd.get("mid_block_add_attention", True),
+        "sample_rate": params.get("sampling_rate", 16000),
+        "mel_hop_length": stft.get("hop_length", 160),
+        "is_causal": stft.get("causal", True),
+        "mel_bins": dd.get("mel_bins") or mel.get("n_mel_channels") or 64,
+        "double_z": dd.get("double_z", True),
+    }
+
+
+def vocoder_config(meta: dict[str, Any] | None, shapes: Shapes) -> dict[str, Any]:
+    """LTX2Vocoder config (LTX-2.0 vocoder, no bandwidth extension)."""
+    v = (meta or {}).get("vocoder", {})
+    if "bwe" in v:
+        from cinetune.errors import NotSupportedYet
+
+        raise NotSupportedYet(
+            "this checkpoint's vocoder has a bandwidth-extension stage (LTX-2.3): not supported yet"
+        )
+    if meta is None:
+        activation = "leaky_relu"
+    else:
+        activation = v.get("activation", "snake")
+    return {
+        "in_channels": shapes["conv_in.weight"][1],
+        "hidden_channels": shapes["conv_in.weight"][0],
+        "out_channels": shapes["conv_out.weight"][0],
+        "upsample_kernel_sizes": list(v.get("upsample_kernel_sizes", [16, 15, 8, 4, 4])),
+        "upsample_factors": list(v.get("upsample_rates", [6, 5, 2, 2, 2])),
+        "resnet_kernel_sizes": list(v.get("resblock_kernel_sizes", [3, 7, 11])),
+        "resnet_dilations": [list(d) for d in v.get("resblock_dilation_sizes", [[1, 3, 5]] * 3)],
+        "act_fn": activation,
+        "leaky_relu_negative_slope": 0.1,
+        "final_bias": "conv_out.bias" in shapes,
+        "output_sampling_rate": v.get("output_sampling_rate", 24000),
+    }

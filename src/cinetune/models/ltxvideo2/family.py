@@ -1,0 +1,539 @@
+"""The ltxvideo2 family: LTX-2 (19B audio + video DiT, Gemma3 text) on diffusers' LTX2 classes.
+
+Facts followed (TRAINING_FACTS.md sections 0, 2, 4): video latents as LTX-Video (128 ch, 32x / 8x, normalized
+posterior mean, frame -> row -> col tokens); Gemma3 prompts left-padded to 1024, 49 stacked hidden states,
+frozen
+connectors (text.py); audio 16 kHz stereo log-mel -> audio VAE -> 25 tokens/s (audio_latents.py); timesteps
+passed to the transformer as 1000 sigma; sigmas from the LTX-2 trainer's stretched shifted logit-normal, each
+modality with mu of its own token count (flow.py); loss = video + audio, each masked, per sample; first-frame
+conditioning: clean first-frame tokens, timestep 0, no loss. LTX-2.0 cross-attention timesteps are each
+stream's own (`use_cross_timestep=False`), as the released model was trained.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from diffusers import (
+    AutoencoderKLLTX2Audio,
+    AutoencoderKLLTX2Video,
+    FlowMatchEulerDiscreteScheduler,
+    LTX2Pipeline,
+    LTX2VideoTransformer3DModel,
+)
+from diffusers.pipelines.ltx2 import LTX2TextConnectors
+from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
+from PIL import Image
+from transformers import AutoTokenizer, Gemma3ForConditionalGeneration
+
+from cinetune.errors import ConfigError, NotSupportedYet
+from cinetune.models.base import Flavour, FrameRule, GeneratedVideo, ModelFamily, ModelInputs
+from cinetune.models.ltxvideo.family import ltx_mu, pack_latents
+from cinetune.models.ltxvideo2 import audio_latents, pipelines, tiny
+from cinetune.models.ltxvideo2 import text as text_module
+from cinetune.models.ltxvideo2.checkpoint import DEFAULT_CHECKPOINT, LTX2Loader
+from cinetune.models.ltxvideo2.convert import TRANSFORMER_RENAMES
+from cinetune.models.ltxvideo2.flow import (
+    first_frame_mask,
+    masked_mse_per_sample,
+    noisy_and_target,
+    sample_sigmas,
+)
+from cinetune.training.flow import sample_latents
+
+logger = logging.getLogger(__name__)
+
+_FRAME_REASON = (
+    "LTX-2's VAE compresses time 8x, so a clip has 8k+1 frames (49, 57, 97, 121); the "
+    "'(frames - 1) % 4 == 0, use 61' advice fits 4x-temporal VAEs, not LTX-2"
+)
+_FLAVOURS = [
+    Flavour(
+        "2.0",
+        "Lightricks/LTX-2",
+        "LTX-2 19B dev (audio + video), from the combined checkpoint",
+        extra={"checkpoint_filename": DEFAULT_CHECKPOINT},
+    ),
+    Flavour(
+        "2.3",
+        "Lightricks/LTX-2.3",
+        "LTX-2.3 22B: not supported yet",
+        extra={
+            "not_supported": "LTX-2.3 (per-modality text projections, prompt AdaLN, gated attention and the "
+            "bandwidth-extension vocoder) is not supported yet; use model_flavour 2.0"
+        },
+    ),
+    Flavour("tiny", None, "Tiny random LTX-2 built in memory (tests)"),
+]
+_VIDEO_ONLY_TARGETS = tuple(
+    f"{attn}.{proj}" for attn in ("attn1", "attn2") for proj in ("to_k", "to_q", "to_v", "to_out.0")
+)
+
+
+def ltx2_scheduler() -> FlowMatchEulerDiscreteScheduler:
+    """LTX-2.0 inference schedule (diffusers' conversion): shift 0.95 -> 2.05 over 1024 -> 4096 tokens,
+    terminal 0.1."""
+    return tiny.tiny_scheduler()
+
+
+@dataclass
+class AudioInputs:
+    """Clean audio tokens (B, T, C), their noise, sigmas (B,) and which tokens count in the loss (B, T)."""
+
+    latents: torch.Tensor
+    noise: torch.Tensor
+    sigmas: torch.Tensor
+    mask: torch.Tensor
+
+
+@dataclass
+class LTX2Inputs(ModelInputs):
+    audio_target: torch.Tensor | None = None
+    audio_loss_mask: torch.Tensor | None = None
+
+
+class LTX2Family(ModelFamily):
+    name: ClassVar[str] = "ltxvideo2"
+    aliases: ClassVar[tuple[str, ...]] = ("ltx-2", "ltx2", "ltxv2", "ltx-video-2")
+    flavours: ClassVar[dict[str, Flavour]] = {f.name: f for f in _FLAVOURS}
+    default_flavour: ClassVar[str] = "2.0"
+    frame_rule: ClassVar[FrameRule] = FrameRule(
+        temporal_multiple=8, spatial_multiple=32, reason=_FRAME_REASON
+    )
+    # Every attention of the blocks: video and audio self / text cross attention and both A/V cross
+    # attentions.
+    default_lora_targets: ClassVar[tuple[str, ...]] = ("to_k", "to_q", "to_v", "to_out.0")
+    default_max_sequence_length: ClassVar[int] = 1024
+    default_frame_rate: ClassVar[float] = 25.0
+    pipeline_class: ClassVar[type] = LTX2Pipeline
+    transformer_class: ClassVar[type] = LTX2VideoTransformer3DModel
+    latent_compression: ClassVar[tuple[int, int]] = (8, 32)
+    comfyui_renames: ClassVar[dict[str, str]] = TRANSFORMER_RENAMES
+    run_options: ClassVar[frozenset[str]] = frozenset(
+        {"first_frame_conditioning_p", "ltx2_checkpoint_filename"}
+    )
+    supports_audio: ClassVar[bool] = True
+    default_vae_latent_sampling: ClassVar[str] = "mean"  # the LTX-2 trainer caches the posterior mean
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+        self.max_sequence_length = self.default_max_sequence_length
+        self.first_frame_p = 0.0
+        self.audio_options: dict[str, Any] = {}  # dataset id -> its `audio` block
+        self.eval_dataset: Any = None
+        self.eval_dataset_id: str | None = None
+        self._modules: dict[str, torch.nn.Module] = {}
+        self._eval_audio: dict[bytes, Any] = {}
+        self.audio_in_channels: int | None = None
+
+    @classmethod
+    def make_loader(cls, source: str | None, flavour: Flavour) -> LTX2Loader:
+        if "not_supported" in flavour.extra:
+            raise NotSupportedYet(flavour.extra["not_supported"])
+        return LTX2Loader(source or flavour.repo, flavour)
+
+    @property
+    def with_audio(self) -> bool:
+        return bool(self.audio_options)
+
+    def configure(self, cfg: Any) -> None:
+        """Options of this run: checkpoint file, text length, I2V probability, validation conditioning."""
+        self.conditions_on_image = bool(getattr(cfg, "validation_using_datasets", False))
+        super().configure(cfg)
+        if cfg.ltx2_checkpoint_filename and not self.loader.is_builtin_tiny:
+            flavour = self.flavours[self.loader.flavour]
+            self.loader = LTX2Loader(self.loader.source, flavour, cfg.ltx2_checkpoint_filename)
+        self.max_sequence_length = cfg.max_sequence_length or self.default_max_sequence_length
+        self.first_frame_p = cfg.first_frame_conditioning_p
+        self.eval_dataset_id = getattr(cfg, "eval_dataset_id", None)
+
+    def configure_datasets(self, data: Any) -> None:
+        """Audio blocks of the datasets (audio is trained when any has one) and the eval dataset."""
+        super().configure_datasets(data)
+        trained = [d for d in data.media if d.id != self.eval_dataset_id]  # the eval dataset only conditions
+        self.audio_options = {d.id: d.audio for d in trained if d.audio is not None}
+        for dataset_id, options in self.audio_options.items():
+            _check_audio_options(dataset_id, options)
+        self.eval_dataset = next((d for d in data.media if d.id == self.eval_dataset_id), None)
+
+    def lora_targets(self) -> list[str]:
+        """All attention with audio; without it, the video self and text attention (as the LTX-2 trainer)."""
+        return list(self.default_lora_targets if self.with_audio else _VIDEO_ONLY_TARGETS)
+
+    # ---- loading -------------------------------------------------------------------------------------------
+    def _load(self, cls: type, part: str, dtype: torch.dtype | None) -> Any:
+        if self.loader.is_builtin_tiny:
+            module = tiny.tiny_components()[part]
+            return module if dtype in (None, torch.float32) or not hasattr(module, "to") else module.to(dtype)
+        kwargs = {"torch_dtype": dtype} if dtype is not None else {}
+        return self.loader.load(cls, part, **kwargs)
+
+    def load_text_encoder(self, dtype: torch.dtype) -> tuple[Any, torch.nn.Module]:
+        tokenizer = self._load(AutoTokenizer, "tokenizer", None)
+        gemma = self._load(Gemma3ForConditionalGeneration, "text_encoder", dtype)
+        connectors = self._load(LTX2TextConnectors, "connectors", dtype)
+        return tokenizer, text_module.make_prompt_encoder(gemma.eval(), connectors)
+
+    def load_vae(self, dtype: torch.dtype) -> torch.nn.Module:
+        return self._load(AutoencoderKLLTX2Video, "vae", dtype)
+
+    def load_audio_vae(self, dtype: torch.dtype) -> torch.nn.Module:
+        return self._load(AutoencoderKLLTX2Audio, "audio_vae", dtype)
+
+    def load_transformer(self, dtype: torch.dtype) -> torch.nn.Module:
+        model = self._load(LTX2VideoTransformer3DModel, "transformer", dtype)
+        self.audio_in_channels = model.config.audio_in_channels
+        return model
+
+    def load_scheduler(self) -> FlowMatchEulerDiscreteScheduler:
+        if getattr(self.loader, "mode", None) == "diffusers":
+            return self.loader.load(FlowMatchEulerDiscreteScheduler, "scheduler")
+        return ltx2_scheduler()
+
+    def _module(self, part: str, cls: type, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+        """A frozen helper (connectors, audio VAE, vocoder) loaded once, kept on `device`."""
+        if part not in self._modules:
+            module = self._load(cls, part, dtype).requires_grad_(False).eval()
+            if part == "connectors":
+                text_module.check_v1(module)
+            self._modules[part] = module
+        return self._modules[part].to(device)
+
+    def connectors(self, device: torch.device, dtype: torch.dtype) -> LTX2TextConnectors:
+        module = self._module("connectors", LTX2TextConnectors, device, dtype)
+        registers = module.config.video_connector_num_learnable_registers
+        if registers and self.max_sequence_length % registers:
+            raise ConfigError(
+                f"max_sequence_length={self.max_sequence_length} must be a multiple of the connectors' "
+                f"{registers} registers (LTX-2 encodes prompts at 1024 tokens)"
+            )
+        return module
+
+    # ---- encoding (used by the caches) ---------------------------------------------------------------------
+    def encode_text(
+        self, tokenizer: Any, text_encoder: torch.nn.Module, captions: list[str], max_sequence_length: int
+    ) -> list[dict[str, torch.Tensor]]:
+        return text_module.encode_prompts(tokenizer, text_encoder, captions, max_sequence_length)
+
+    @torch.no_grad()
+    def encode_video(self, vae: torch.nn.Module, pixels: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        """pixels (B, 3, F, H, W) in [-1, 1] -> per sample normalized posterior mean and std (C, F', H',
+        W')."""
+        param = next(vae.parameters())
+        posterior = vae.encode(pixels.to(param.device, param.dtype)).latent_dist
+        mean_c = vae.latents_mean.view(1, -1, 1, 1, 1).to(posterior.mean)
+        std_c = vae.latents_std.view(1, -1, 1, 1, 1).to(posterior.mean)
+        scale = vae.config.scaling_factor
+        latents = (posterior.mean - mean_c) * scale / std_c
+        latents_std = posterior.std * scale / std_c
+        return [
+            {"latents": latents[i].cpu(), "latents_std": latents_std[i].cpu()}
+            for i in range(latents.shape[0])
+        ]
+
+    def load_latent_encoders(self, dtype: torch.dtype) -> dict[str, torch.nn.Module]:
+        encoders = {"vae": self.load_vae(dtype)}
+        if self.with_audio:
+            encoders["audio_vae"] = self.load_audio_vae(dtype)
+        return encoders
+
+    def encode_sample(
+        self, encoders: dict[str, torch.nn.Module], sample: Any, window: int, pixels: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        tensors = super().encode_sample(encoders, sample, window, pixels)
+        if self.with_audio:
+            tensors.update(self._audio_entry(encoders["audio_vae"], sample, window))
+        return tensors
+
+    def _audio_entry(self, audio_vae: torch.nn.Module, sample: Any, window: int) -> dict[str, torch.Tensor]:
+        """Audio tokens of the window and their loss mask. A clip without audio (a dataset without an `audio`
+        block, or allow_zero_audio and no track) gets the VAE's encoding of silence with the loss masked
+        out."""
+        from cinetune.data.audio import extract_audio
+
+        frames, fps = sample.bucket.num_frames, sample.frame_rate
+        rate = audio_vae.config.sample_rate
+        steps = audio_latents.latent_steps(frames, fps, audio_vae)
+        options = self.audio_options.get(sample.dataset_id)
+        span = None
+        if options is not None and sample.info.has_audio:
+            start = sample.window_starts[window] / fps
+            span = extract_audio(sample.path, start, frames / fps, rate, options.channels)
+        wave = span.samples if span is not None else np.zeros((2, round(frames / fps * rate)), np.float32)
+        return {
+            "audio_latents": audio_latents.encode_audio(audio_vae, wave, steps),
+            "audio_mask": audio_latents.token_mask(span, steps),
+        }
+
+    def component_identity(self, kind: str) -> str:
+        """The text cache also depends on the connectors' input projection, which ships with the
+        transformer."""
+        if kind == "text":
+            return super().component_identity("text") + self.loader.identity("connectors")
+        return super().component_identity(kind)
+
+    def latent_key_fields(self, sample: Any) -> dict[str, Any]:
+        if not self.with_audio:
+            return {}
+        options = self.audio_options.get(sample.dataset_id)
+        return {
+            "audio": options.model_dump() if options is not None else None,
+            "audio_vae": self.loader.identity("audio_vae"),
+        }
+
+    # ---- training ------------------------------------------------------------------------------------------
+    def collate_text(self, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        return text_module.collate_prompts(items, self.max_sequence_length)
+
+    @staticmethod
+    def num_tokens(latent_shape: torch.Size) -> int:
+        _, _, frames, height, width = latent_shape
+        return frames * height * width
+
+    @staticmethod
+    def shift_mu(num_tokens: int) -> float:
+        return ltx_mu(num_tokens)
+
+    def prepare_inputs(
+        self,
+        latents: torch.Tensor,
+        noise: torch.Tensor,
+        sigmas: torch.Tensor,
+        text: dict[str, torch.Tensor],
+        frame_rate: float,
+        dtype: torch.dtype,
+        *,
+        first_frame: torch.Tensor | None = None,
+        audio: AudioInputs | None = None,
+        audio_channels: int | None = None,
+    ) -> LTX2Inputs:
+        """Transformer kwargs, targets and loss masks. latents / noise (B, C, F, H, W); first_frame (B, N)
+        marks
+        clean conditioning tokens; without `audio` the audio stream is a 1-token stub cut off from the video
+        (isolate_modalities), which is exactly a video-only forward."""
+        batch, _, frames, height, width = latents.shape
+        device = latents.device
+        noisy, target, timestep = noisy_and_target(
+            pack_latents(latents), pack_latents(noise), sigmas, first_frame
+        )
+        if first_frame is None or not bool(first_frame.any()):
+            timestep = sigmas * 1000.0  # one value per sample: the same as per-token, cheaper
+        video_ctx, audio_ctx, ctx_mask = text_module.run_connectors(self.connectors(device, dtype), text)
+        if audio is not None:
+            audio_in, audio_target, _ = noisy_and_target(audio.latents, audio.noise, audio.sigmas)
+            audio_t = audio.sigmas * 1000.0
+        else:
+            channels = audio_channels or self.audio_in_channels
+            if channels is None:
+                raise ValueError(
+                    "prepare_inputs without audio needs audio_channels (or load_transformer first)"
+                )
+            audio_in, audio_target = torch.zeros(batch, 1, channels, device=device), None
+            audio_t = sigmas * 1000.0
+        kwargs = {
+            "hidden_states": noisy.to(dtype),
+            "audio_hidden_states": audio_in.to(dtype),
+            "encoder_hidden_states": video_ctx.to(dtype),
+            "audio_encoder_hidden_states": audio_ctx.to(dtype),
+            "encoder_attention_mask": ctx_mask,
+            "audio_encoder_attention_mask": ctx_mask,
+            "timestep": timestep,
+            "audio_timestep": audio_t,
+            "sigma": sigmas * 1000.0,
+            "audio_sigma": audio_t,
+            "num_frames": frames,
+            "height": height,
+            "width": width,
+            "fps": frame_rate,
+            "audio_num_frames": audio_in.shape[1],
+            "isolate_modalities": audio is None,
+            "use_cross_timestep": False,
+            "return_dict": False,
+        }
+        video_mask = ~first_frame if first_frame is not None else None
+        return LTX2Inputs(
+            kwargs=kwargs,
+            target=target,
+            loss_mask=video_mask,
+            audio_target=audio_target,
+            audio_loss_mask=audio.mask if audio is not None else None,
+        )
+
+    def training_loss(
+        self,
+        model: torch.nn.Module,
+        batch: Any,
+        generator: torch.Generator,
+        sigma_sampler: str,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> torch.Tensor:
+        """Per sample: masked video MSE + masked audio MSE (1:1); then the batch mean. Draws come from
+        `generator`."""
+        x0 = sample_latents(batch.latents, batch.latents_std, generator)
+        batch_size, _, frames, height, width = x0.shape
+        num_video = frames * height * width
+        noise = torch.randn(x0.shape, generator=generator)
+        sigmas = sample_sigmas(batch_size, num_video, sigma_sampler, generator)
+        first = first_frame_mask(batch_size, num_video, height * width, self.first_frame_p, generator)
+        audio = None
+        if "audio_latents" in batch.tensors:
+            a0 = batch.tensors["audio_latents"]
+            audio = AudioInputs(
+                latents=a0.to(device),
+                noise=torch.randn(a0.shape, generator=generator).to(device),
+                sigmas=sample_sigmas(batch_size, a0.shape[1], sigma_sampler, generator).to(device),
+                mask=batch.tensors["audio_mask"].to(device) > 0.5,
+            )
+        inputs = self.prepare_inputs(
+            x0.to(device),
+            noise.to(device),
+            sigmas.to(device),
+            batch.text,
+            batch.frame_rate,
+            dtype,
+            first_frame=first.to(device) if bool(first.any()) else None,
+            audio=audio,
+            audio_channels=getattr(model, "module", model).config.audio_in_channels,
+        )
+        video_pred, audio_pred = model(**inputs.kwargs)
+        loss = masked_mse_per_sample(video_pred, inputs.target, inputs.loss_mask)
+        if inputs.audio_target is not None:
+            loss = loss + masked_mse_per_sample(audio_pred, inputs.audio_target, inputs.audio_loss_mask)
+        return loss.mean()
+
+    # ---- validation ----------------------------------------------------------------------------------------
+    def build_pipeline(
+        self, transformer: torch.nn.Module, vae: torch.nn.Module, scheduler: Any
+    ) -> LTX2Pipeline:
+        """T2V pipeline without Gemma; the audio VAE, vocoder and connectors join the VAE's device and
+        dtype."""
+        param = next(vae.parameters())
+        self._parts = {
+            "transformer": transformer,
+            "vae": vae,
+            "audio_vae": self._module("audio_vae", AutoencoderKLLTX2Audio, param.device, param.dtype),
+            "vocoder": self._module("vocoder", LTX2Vocoder, param.device, param.dtype),
+            "connectors": pipelines.CachedPromptConnectors(self.connectors(param.device, param.dtype)),
+            "scheduler": scheduler,
+        }
+        return pipelines.build(self._parts, image=False)
+
+    def pipeline_text_kwargs(
+        self, positive: dict[str, torch.Tensor], negative: dict[str, torch.Tensor]
+    ) -> dict:
+        both = text_module.collate_prompts([positive, negative], self.max_sequence_length)
+        embeds, mask = both[text_module.PROJ_KEY], both["prompt_attention_mask"]
+        return {
+            "prompt_embeds": embeds[:1],
+            "prompt_attention_mask": mask[:1],
+            "negative_prompt_embeds": embeds[1:],
+            "negative_prompt_attention_mask": mask[1:],
+        }
+
+    def pipeline_call_kwargs(self, frame_rate: float) -> dict[str, Any]:
+        return {"frame_rate": frame_rate, **pipelines.LTX2_0_CALL}
+
+    def generate(
+        self,
+        pipe: Any,
+        positive: dict[str, torch.Tensor],
+        negative: dict[str, torch.Tensor],
+        *,
+        width: int,
+        height: int,
+        num_frames: int,
+        guidance_scale: float,
+        num_inference_steps: int,
+        frame_rate: float,
+        generator: torch.Generator,
+        device: torch.device,
+        image: np.ndarray | None = None,
+    ) -> GeneratedVideo:
+        """T2V; with `image` (validation_using_datasets) I2V, and S2V when that eval clip has audio to
+        give."""
+        call = {k: v.to(device) for k, v in self.pipeline_text_kwargs(positive, negative).items()}
+        call.update(
+            width=width,
+            height=height,
+            num_frames=num_frames,
+            guidance_scale=guidance_scale,
+            audio_guidance_scale=guidance_scale,
+            num_inference_steps=num_inference_steps,
+            generator=generator,
+            output_type="np",
+            **self.pipeline_call_kwargs(frame_rate),
+        )
+        condition = None
+        if image is not None:
+            pipe = pipelines.build(self._parts, image=True)
+            call["image"] = Image.fromarray(image)
+            condition = self._sound_condition(image, num_frames, frame_rate, pipe.audio_vae)
+        hook = pipelines.audio_conditioned(pipe.transformer, condition[1]) if condition else nullcontext()
+        with hook:
+            output = pipe(**call)
+        frames = np.asarray(output.frames[0], dtype=np.float32)
+        if condition is not None:
+            return GeneratedVideo(
+                frames=frames, audio=condition[0], sample_rate=pipe.audio_vae.config.sample_rate
+            )
+        audio = output.audio[0]
+        audio = (
+            audio.float().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio, np.float32)
+        )
+        return GeneratedVideo(
+            frames=frames, audio=audio, sample_rate=pipe.vocoder.config.output_sampling_rate
+        )
+
+    def _sound_condition(
+        self, image: np.ndarray, num_frames: int, frame_rate: float, audio_vae: torch.nn.Module
+    ) -> tuple[np.ndarray, torch.Tensor] | None:
+        """(waveform, tokens) of the eval clip whose first frame is `image`, when the eval dataset has
+        audio."""
+        from cinetune.data import discover_files, probe, read_window
+        from cinetune.data.audio import extract_audio
+
+        ds = self.eval_dataset
+        if ds is None or ds.audio is None:
+            return None
+        key = image.tobytes()
+        if key not in self._eval_audio:
+            self._eval_audio[key] = None
+            for path in discover_files(ds)[:8]:
+                info = probe(path)
+                if info.is_image or not info.has_audio:
+                    continue
+                first = read_window(path, info, 0, 1, info.fps or frame_rate, (info.width, info.height))[0]
+                if first.shape == image.shape and np.array_equal(first, image):
+                    rate = audio_vae.config.sample_rate
+                    span = extract_audio(path, 0.0, num_frames / frame_rate, rate, ds.audio.channels)
+                    steps = audio_latents.latent_steps(num_frames, frame_rate, audio_vae)
+                    tokens = audio_latents.encode_audio(audio_vae, span.samples, steps)
+                    self._eval_audio[key] = (span.samples, tokens[None])
+                    break
+        return self._eval_audio[key]
+
+    # ---- export --------------------------------------------------------------------------------------------
+    @classmethod
+    def export_comfyui(cls, output_dir: Any) -> Any:
+        from cinetune.models.ltxvideo2.export import export_original
+
+        return export_original(output_dir)
+
+
+def _check_audio_options(dataset_id: str, options: Any) -> None:
+    if not options.auto_split:
+        raise NotSupportedYet(
+            f"dataset '{dataset_id}': audio.auto_split=false (audio from a separate dataset, "
+            "s2v_datasets) is not supported yet; set auto_split true to use each clip's own audio track"
+        )
+    if options.sample_rate != 16000:
+        raise ConfigError(
+            f"dataset '{dataset_id}': audio.sample_rate={options.sample_rate}, "
+            "but LTX-2's audio VAE takes 16000 Hz"
+        )

@@ -1,0 +1,93 @@
+"""LTX-2 training math as pure functions: sigma sampling, first-frame conditioning, per-modality masked loss.
+
+Facts (TRAINING_FACTS.md section 2, from the official trainer's `timestep_samplers.py` and `flexible`
+strategy):
+sigma = sigmoid(n), n ~ N(mu(N), 1), stretched so the 0.5th..99.9th percentiles of that distribution span [0,
+1],
+values below eps reflected around eps, clamped to [0, 1]; 10% of draws replaced by U(eps, 1). Each modality
+draws
+its own sigma with mu from its own token count. x_t = (1 - sigma) x0 + sigma eps, target eps - x0; the model
+gets
+timestep = 1000 sigma, per token. First-frame conditioning keeps the first H*W video tokens clean, gives them
+timestep 0 and no loss. Loss per sample = masked video MSE + masked audio MSE (1:1), then the batch mean.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from cinetune.models.ltxvideo.family import ltx_mu
+
+_HIGH_PERCENTILE = 3.0902  # 99.9th percentile of N(0, 1)
+_LOW_PERCENTILE = -2.5758  # 0.5th percentile
+
+
+def stretched_logit_normal(
+    batch_size: int,
+    mu: float,
+    generator: torch.Generator,
+    std: float = 1.0,
+    eps: float = 1e-3,
+    uniform_prob: float = 0.1,
+) -> torch.Tensor:
+    """(batch_size,) sigmas in [0, 1]: the LTX-2 trainer's shifted logit-normal sampler, mu = ltx_mu(N)."""
+    normal = torch.randn(batch_size, generator=generator) * std + mu
+    sigma = torch.sigmoid(normal)
+    high = torch.sigmoid(torch.tensor(mu + _HIGH_PERCENTILE * std))
+    low = torch.sigmoid(torch.tensor(mu + _LOW_PERCENTILE * std))
+    stretched = (sigma - low) / (high - low)
+    stretched = torch.where(stretched >= eps, stretched, 2 * eps - stretched).clamp(0.0, 1.0)
+    uniform = (1 - eps) * torch.rand(batch_size, generator=generator) + eps
+    pick = torch.rand(batch_size, generator=generator)
+    return torch.where(pick > uniform_prob, stretched, uniform)
+
+
+def sample_sigmas(batch_size: int, num_tokens: int, sampler: str, generator: torch.Generator) -> torch.Tensor:
+    """sampler 'shifted_logit_normal' (the LTX-2 trainer's, mu from num_tokens) or 'uniform' U(0, 1)."""
+    if sampler == "shifted_logit_normal":
+        return stretched_logit_normal(batch_size, ltx_mu(num_tokens), generator)
+    if sampler == "uniform":
+        return torch.rand(batch_size, generator=generator)
+    raise ValueError(f"unknown sigma sampler '{sampler}'")
+
+
+def first_frame_mask(
+    batch_size: int, num_tokens: int, frame_tokens: int, probability: float, generator: torch.Generator
+) -> torch.Tensor:
+    """(B, N) bool: True on the first `frame_tokens` tokens of the samples drawn for conditioning (p each).
+
+    A one-frame clip has nothing left to denoise, so it is never conditioned.
+    """
+    mask = torch.zeros(batch_size, num_tokens, dtype=torch.bool)
+    if probability <= 0 or frame_tokens >= num_tokens:
+        return mask
+    chosen = torch.rand(batch_size, generator=generator) < probability
+    mask[chosen, :frame_tokens] = True
+    return mask
+
+
+def noisy_and_target(
+    x0: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor, clean: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Tokens (B, N, C) -> (noisy input, velocity target eps - x0, per-token timestep 1000 sigma (B, N)).
+
+    `clean` (B, N) bool marks conditioning tokens: kept as x0 with timestep 0.
+    """
+    s = sigmas.view(-1, 1, 1).to(x0.dtype)
+    noisy = (1 - s) * x0 + s * noise
+    timestep = (sigmas.view(-1, 1) * 1000.0).expand(x0.shape[0], x0.shape[1]).to(x0.dtype)
+    if clean is not None:
+        noisy = torch.where(clean.unsqueeze(-1), x0, noisy)
+        timestep = timestep * (~clean).to(timestep.dtype)
+    return noisy, noise - x0, timestep
+
+
+def masked_mse_per_sample(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None
+) -> torch.Tensor:
+    """(B, N, C) -> (B,): mean squared error over the tokens where mask (B, N) is true; 0 where none is."""
+    err = (pred.float() - target.float()) ** 2
+    if mask is None:
+        return err.mean(dim=(1, 2))
+    m = mask.to(err.dtype).unsqueeze(-1)
+    return (err * m).mean(dim=(1, 2)) / m.mean(dim=(1, 2)).clamp(min=1e-8)

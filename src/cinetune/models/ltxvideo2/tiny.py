@@ -1,0 +1,373 @@
+"""Tiny random LTX-2 components built from the real diffusers / transformers classes.
+
+The shapes keep the real rules: the video VAE compresses 32x in space and 8x in time (patch 4 and the released
+spatial / temporal / spatio-temporal downsampling order), the audio VAE takes 16 kHz stereo 64-bin log-mels
+and
+compresses time and mel 4x, Gemma's hidden states (embeddings + each layer) are stacked for the connectors,
+whose
+width equals Gemma's hidden size, and the text is left-padded to 1024 tokens with 128 learnable registers.
+
+`TINY_META` is the same model described in the original (ltx-core) config schema, as the released combined
+file
+stores it in its metadata; `save_tiny_combined_file` writes such a file with the original key names.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import (
+    AutoencoderKLLTX2Audio,
+    AutoencoderKLLTX2Video,
+    FlowMatchEulerDiscreteScheduler,
+    LTX2Pipeline,
+    LTX2VideoTransformer3DModel,
+)
+from diffusers.pipelines.ltx2 import LTX2TextConnectors
+from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
+from safetensors.torch import save_file
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import (
+    Gemma3Config,
+    Gemma3ForConditionalGeneration,
+    Gemma3TextConfig,
+    PreTrainedTokenizerFast,
+    SiglipVisionConfig,
+)
+
+from cinetune.models.ltxvideo2.convert import to_original_state_dict
+
+TEXT_DIM = 32  # Gemma hidden size = connector width = transformer caption channels
+TEXT_LAYERS = 2  # -> 3 stacked hidden states
+LATENT_CHANNELS = 16
+AUDIO_LATENT_CHANNELS = 2  # x 16 latent mel bins = 32 features per audio token
+_WORDS = (
+    "a an the of in on at with and to is are video clip shot scene person man woman child dog cat bird car "
+    "tree sky sea water city street room light dark red blue green yellow white black walks runs jumps "
+    "flies sits stands looks slowly quickly camera pans zooms close up wide view sunset night day rain snow "
+    "square moves across screen background sound music voice loud quiet beep tone"
+).split()
+
+# The tiny model in the original schema (what a combined file's metadata `config` holds).
+TINY_META: dict[str, Any] = {
+    "transformer": {
+        "num_attention_heads": 2,
+        "attention_head_dim": 8,
+        "in_channels": LATENT_CHANNELS,
+        "out_channels": LATENT_CHANNELS,
+        "num_layers": 2,
+        "cross_attention_dim": 16,
+        "caption_channels": TEXT_DIM,
+        "audio_num_attention_heads": 2,
+        "audio_attention_head_dim": 4,
+        "audio_in_channels": AUDIO_LATENT_CHANNELS * 16,
+        "audio_out_channels": AUDIO_LATENT_CHANNELS * 16,
+        "audio_cross_attention_dim": 8,
+        "positional_embedding_max_pos": [20, 2048, 2048],
+        "audio_positional_embedding_max_pos": [20],
+        "positional_embedding_theta": 10000.0,
+        "timestep_scale_multiplier": 1000,
+        "av_ca_timestep_scale_multiplier": 1000,
+        "rope_type": "split",
+        "frequencies_precision": "float32",
+        "connector_num_attention_heads": 4,
+        "connector_attention_head_dim": 8,
+        "connector_num_layers": 2,
+        "connector_positional_embedding_max_pos": [4096],
+        # fixed values the released config states (ltx-core checks them)
+        "dropout": 0.0,
+        "attention_bias": True,
+        "activation_fn": "gelu-approximate",
+        "num_embeds_ada_norm": 1000,
+        "use_linear_projection": False,
+        "only_cross_attention": False,
+        "cross_attention_norm": True,
+        "double_self_attention": False,
+        "upcast_attention": False,
+        "standardization_norm": "rms_norm",
+        "norm_elementwise_affine": False,
+        "qk_norm": "rms_norm",
+        "positional_embedding_type": "rope",
+        "use_audio_video_cross_attention": True,
+        "share_ff": False,
+        "av_cross_ada_norm": True,
+        "use_middle_indices_grid": True,
+    },
+    "vae": {
+        "latent_channels": LATENT_CHANNELS,
+        "patch_size": 4,
+        "encoder_blocks": [
+            ["res_x", {"num_layers": 1}],
+            ["compress_space_res", {"multiplier": 1}],
+            ["res_x", {"num_layers": 1}],
+            ["compress_time_res", {"multiplier": 2}],
+            ["res_x", {"num_layers": 1}],
+            ["compress_all_res", {"multiplier": 1}],
+            ["res_x", {"num_layers": 1}],
+            ["compress_all_res", {"multiplier": 1}],
+            ["res_x", {"num_layers": 1}],
+        ],
+        "decoder_blocks": [
+            ["res_x", {"num_layers": 1, "inject_noise": False}],
+            ["compress_all", {"residual": True, "multiplier": 2}],
+            ["res_x", {"num_layers": 1, "inject_noise": False}],
+            ["compress_all", {"residual": True, "multiplier": 2}],
+            ["res_x", {"num_layers": 1, "inject_noise": False}],
+            ["compress_all", {"residual": True, "multiplier": 2}],
+            ["res_x", {"num_layers": 1, "inject_noise": False}],
+        ],
+        "decoder_base_channels": 4,
+        "causal_decoder": False,
+        "timestep_conditioning": False,
+        "norm_layer": "pixel_norm",
+        "latent_log_var": "uniform",
+    },
+    "audio_vae": {
+        "model": {
+            "params": {
+                "sampling_rate": 16000,
+                "ddconfig": {
+                    "ch": AUDIO_LATENT_CHANNELS * 16,
+                    "out_ch": 2,
+                    "ch_mult": [1, 1, 1],
+                    "num_res_blocks": 1,
+                    "attn_resolutions": [],
+                    "in_channels": 2,
+                    "resolution": 256,
+                    "z_channels": AUDIO_LATENT_CHANNELS,
+                    "norm_type": "pixel",
+                    "causality_axis": "height",
+                    "mid_block_add_attention": False,
+                    "mel_bins": 64,
+                    "double_z": True,
+                },
+            }
+        },
+        "preprocessing": {"stft": {"hop_length": 160, "filter_length": 1024, "causal": True}},
+    },
+    "vocoder": {
+        "upsample_initial_channel": 16,
+        "upsample_rates": [6, 5, 8],
+        "upsample_kernel_sizes": [12, 10, 16],
+        "resblock_kernel_sizes": [3],
+        "resblock_dilation_sizes": [[1, 3]],
+        "activation": "leaky_relu",
+        "output_sampling_rate": 24000,
+        "resblock": "1",
+        "stereo": True,
+    },
+}
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A word-level tokenizer built offline; like Gemma's it starts every text with <bos>, pads left."""
+    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3}
+    for word in _WORDS:
+        vocab.setdefault(word, len(vocab))
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        padding_side="left",
+        model_max_length=1024,
+    )
+
+
+def _text_encoder(vocab_size: int) -> Gemma3ForConditionalGeneration:
+    config = Gemma3Config(
+        text_config=Gemma3TextConfig(
+            vocab_size=vocab_size,
+            hidden_size=TEXT_DIM,
+            intermediate_size=64,
+            num_hidden_layers=TEXT_LAYERS,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            max_position_embeddings=1024,
+            sliding_window=64,
+        ),
+        vision_config=SiglipVisionConfig(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=16,
+        ),
+        mm_tokens_per_image=4,
+    )
+    return Gemma3ForConditionalGeneration(config).eval()
+
+
+def _connectors() -> LTX2TextConnectors:
+    meta = TINY_META["transformer"]
+    return LTX2TextConnectors(
+        caption_channels=TEXT_DIM,
+        text_proj_in_factor=TEXT_LAYERS + 1,
+        video_connector_num_attention_heads=meta["connector_num_attention_heads"],
+        video_connector_attention_head_dim=meta["connector_attention_head_dim"],
+        video_connector_num_layers=meta["connector_num_layers"],
+        video_connector_num_learnable_registers=128,
+        audio_connector_num_attention_heads=meta["connector_num_attention_heads"],
+        audio_connector_attention_head_dim=meta["connector_attention_head_dim"],
+        audio_connector_num_layers=meta["connector_num_layers"],
+        audio_connector_num_learnable_registers=128,
+        connector_rope_base_seq_len=4096,
+        rope_type="split",
+        rope_double_precision=False,
+    )
+
+
+def _transformer() -> LTX2VideoTransformer3DModel:
+    meta = TINY_META["transformer"]
+    return LTX2VideoTransformer3DModel(
+        in_channels=LATENT_CHANNELS,
+        out_channels=LATENT_CHANNELS,
+        num_attention_heads=meta["num_attention_heads"],
+        attention_head_dim=meta["attention_head_dim"],
+        cross_attention_dim=meta["cross_attention_dim"],
+        audio_in_channels=meta["audio_in_channels"],
+        audio_out_channels=meta["audio_out_channels"],
+        audio_num_attention_heads=meta["audio_num_attention_heads"],
+        audio_attention_head_dim=meta["audio_attention_head_dim"],
+        audio_cross_attention_dim=meta["audio_cross_attention_dim"],
+        num_layers=meta["num_layers"],
+        caption_channels=TEXT_DIM,
+        rope_type="split",
+        rope_double_precision=False,
+    )
+
+
+def _video_vae() -> AutoencoderKLLTX2Video:
+    return AutoencoderKLLTX2Video(
+        latent_channels=LATENT_CHANNELS,
+        block_out_channels=(16, 32, 32, 32),
+        decoder_block_out_channels=(8, 16, 32),
+        layers_per_block=(1, 1, 1, 1, 1),
+        decoder_layers_per_block=(1, 1, 1, 1),
+        spatio_temporal_scaling=(True, True, True, True),
+        decoder_spatio_temporal_scaling=(True, True, True),
+        decoder_inject_noise=(False, False, False, False),
+        downsample_type=("spatial", "temporal", "spatiotemporal", "spatiotemporal"),
+        upsample_residual=(True, True, True),
+        upsample_factor=(2, 2, 2),
+        timestep_conditioning=False,
+        patch_size=4,
+        patch_size_t=1,
+        encoder_causal=True,
+        decoder_causal=False,
+        spatial_compression_ratio=32,
+        temporal_compression_ratio=8,
+    )
+
+
+def _audio_vae() -> AutoencoderKLLTX2Audio:
+    return AutoencoderKLLTX2Audio(
+        base_channels=AUDIO_LATENT_CHANNELS * 16,
+        output_channels=2,
+        ch_mult=(1, 1, 1),
+        num_res_blocks=1,
+        attn_resolutions=None,
+        in_channels=2,
+        latent_channels=AUDIO_LATENT_CHANNELS,
+        norm_type="pixel",
+        causality_axis="height",
+        mid_block_add_attention=False,
+        sample_rate=16000,
+        mel_hop_length=160,
+        is_causal=True,
+        mel_bins=64,
+    )
+
+
+def _vocoder() -> LTX2Vocoder:
+    meta = TINY_META["vocoder"]
+    return LTX2Vocoder(
+        in_channels=2 * 64,
+        hidden_channels=meta["upsample_initial_channel"],
+        out_channels=2,
+        upsample_kernel_sizes=meta["upsample_kernel_sizes"],
+        upsample_factors=meta["upsample_rates"],
+        resnet_kernel_sizes=meta["resblock_kernel_sizes"],
+        resnet_dilations=meta["resblock_dilation_sizes"],
+        act_fn="leaky_relu",
+        output_sampling_rate=meta["output_sampling_rate"],
+    )
+
+
+def tiny_scheduler() -> FlowMatchEulerDiscreteScheduler:
+    """The LTX-2.0 inference schedule: dynamic shift 0.95 -> 2.05 over 1024 -> 4096 tokens, terminal 0.1."""
+    return FlowMatchEulerDiscreteScheduler(
+        use_dynamic_shifting=True,
+        base_shift=0.95,
+        max_shift=2.05,
+        base_image_seq_len=1024,
+        max_image_seq_len=4096,
+        shift_terminal=0.1,
+    )
+
+
+def _randomize_statistics(module: torch.nn.Module, generator: torch.Generator) -> None:
+    """Non-trivial latent statistics, so tests catch a missing or inverted normalization."""
+    size = module.latents_mean.shape[0]
+    module.latents_mean.copy_(torch.randn(size, generator=generator) * 0.1)
+    module.latents_std.copy_(torch.rand(size, generator=generator) * 0.5 + 0.75)
+
+
+def tiny_components(seed: int = 0) -> dict[str, Any]:
+    """Fresh tiny components with deterministic random weights (the keys of LTX2Pipeline)."""
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer()
+    components = {
+        "tokenizer": tokenizer,
+        "text_encoder": _text_encoder(len(tokenizer)),
+        "connectors": _connectors(),
+        "transformer": _transformer(),
+        "vae": _video_vae(),
+        "audio_vae": _audio_vae(),
+        "vocoder": _vocoder(),
+        "scheduler": tiny_scheduler(),
+    }
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        _randomize_statistics(components["vae"], generator)
+        _randomize_statistics(components["audio_vae"], generator)
+    return components
+
+
+def save_tiny_checkpoint(folder: Path, seed: int = 0) -> Path:
+    """A tiny LTX-2 pipeline in the real diffusers layout (model_index.json, a folder per component)."""
+    LTX2Pipeline(**tiny_components(seed)).save_pretrained(folder)
+    return Path(folder)
+
+
+_STORED = ("transformer", "connectors", "vae", "audio_vae", "vocoder")
+
+
+def save_tiny_combined_file(path: Path, seed: int = 0, with_text_encoder: bool = True) -> Path:
+    """The tiny model as ONE safetensors file with the original key names and config metadata, like the
+    release.
+
+    Gemma and its tokenizer are not in the released file; with `with_text_encoder` they are written beside it
+    (text_encoder/, tokenizer/), as the hub repo holds them.
+    """
+    components = tiny_components(seed)
+    tensors: dict[str, torch.Tensor] = {}
+    for name in _STORED:
+        state = {k: v.contiguous() for k, v in components[name].state_dict().items()}
+        tensors.update(to_original_state_dict(state, name))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata={"config": json.dumps(TINY_META)})
+    if with_text_encoder:
+        components["text_encoder"].save_pretrained(path.parent / "text_encoder")
+        components["tokenizer"].save_pretrained(path.parent / "tokenizer")
+    return path

@@ -1,0 +1,482 @@
+"""The kandinsky5-video family: Kandinsky 5.0 Video Lite (2B) and Pro (19B), text- and image-to-video.
+
+Facts (TRAINING_FACTS.md section 3): HunyuanVideo VAE, 16 channels, 8x space / 4x time, latents = z * 0.476986
+(no mean/std); frames 4k+1, sides multiples of 16; transformer input channels-last (B, F, H, W, 33);
+text = Qwen2.5-VL hidden_states[-1] over the pipeline's chat template, its 128-token prefix dropped, plus the
+CLIP pooled output; timestep 1000 sigma; RoPE positions and scale factor as the pipelines build them.
+Text embeddings are made by the pipeline's own `encode_prompt`, one caption at a time, so a cached entry is
+exactly what Kandinsky5T2VPipeline computes for that prompt (no padding to store).
+"""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from diffusers import (
+    AutoencoderKLHunyuanVideo,
+    FlowMatchEulerDiscreteScheduler,
+    Kandinsky5I2VPipeline,
+    Kandinsky5T2VPipeline,
+    Kandinsky5Transformer3DModel,
+)
+from PIL import Image
+from transformers import AutoTokenizer, CLIPTextModel, CLIPTokenizer, Qwen2_5_VLForConditionalGeneration
+
+from cinetune.data import fit_image
+from cinetune.errors import ConfigError
+from cinetune.models.base import Flavour, FrameRule, GeneratedVideo, ModelFamily, ModelInputs
+from cinetune.models.kandinsky5 import tiny
+from cinetune.models.kandinsky5.inputs import (
+    SHIFT_MU,
+    rope_scale_factor,
+    to_channels_last,
+    token_loss_mask,
+    visual_input,
+    visual_rope_positions,
+)
+from cinetune.models.kandinsky5.vae_memory import enable_patch_conv
+from cinetune.models.loading import ComponentLoader
+from cinetune.training.flow import flow_loss, sample_latents, sample_sigmas
+
+logger = logging.getLogger(__name__)
+_REPO = "kandinskylab/Kandinsky-5.0-{}-Diffusers"
+# Transformer architectures (kandinsky-5 configs/*.yaml, `dit_params`); every video model takes 16 + 16 + 1
+# input channels. The 10 s models use NABLA sparse attention, whose 8x8 token blocks need latent sides / 2
+# divisible by 8: sides multiples of 128 pixels.
+_LITE = {
+    "in_visual_dim": 16,
+    "out_visual_dim": 16,
+    "in_text_dim": 3584,
+    "in_text_dim2": 768,
+    "time_dim": 512,
+    "patch_size": (1, 2, 2),
+    "model_dim": 1792,
+    "ff_dim": 7168,
+    "num_text_blocks": 2,
+    "num_visual_blocks": 32,
+    "axes_dims": (16, 24, 24),
+    "visual_cond": True,
+    "attention_type": "regular",
+}
+_PRO = {
+    **_LITE,
+    "time_dim": 1024,
+    "model_dim": 4096,
+    "ff_dim": 16384,
+    "num_text_blocks": 4,
+    "num_visual_blocks": 60,
+    "axes_dims": (32, 48, 48),
+}
+_NABLA = {
+    "attention_type": "nabla",
+    "attention_wT": 11,
+    "attention_wW": 3,
+    "attention_wH": 3,
+    "attention_add_sta": True,
+    "attention_method": "topcdf",
+}
+_LITE_10S = {**_LITE, **_NABLA, "attention_P": 0.9}
+_PRO_10S = {**_PRO, **_NABLA, "attention_P": 0.7}
+
+
+def _flavour(name: str, repo: str | None, what: str, arch: dict, i2v: bool = False) -> Flavour:
+    extra = {"transformer_config": arch, "i2v": i2v, "sparse_attention": arch["attention_type"] == "nabla"}
+    return Flavour(name, _REPO.format(repo) if repo else None, what, extra=extra)
+
+
+_FLAVOURS = [
+    _flavour("t2v-lite-sft-5s", "T2V-Lite-sft-5s", "Lite 2B text-to-video, SFT, 5 s (default)", _LITE),
+    _flavour("t2v-lite-pretrain-5s", "T2V-Lite-pretrain-5s", "Lite 2B text-to-video, pretrain, 5 s", _LITE),
+    _flavour("t2v-lite-sft-10s", "T2V-Lite-sft-10s", "Lite 2B text-to-video, SFT, 10 s", _LITE_10S),
+    _flavour(
+        "t2v-lite-pretrain-10s", "T2V-Lite-pretrain-10s", "Lite 2B text-to-video, pretrain, 10 s", _LITE_10S
+    ),
+    _flavour("t2v-pro-sft-5s-hd", "T2V-Pro-sft-5s", "Pro 19B text-to-video, SFT, 5 s, HD", _PRO),
+    _flavour(
+        "t2v-pro-pretrain-5s-hd", "T2V-Pro-pretrain-5s", "Pro 19B text-to-video, pretrain, 5 s, HD", _PRO
+    ),
+    _flavour("t2v-pro-sft-10s-hd", "T2V-Pro-sft-10s", "Pro 19B text-to-video, SFT, 10 s, HD", _PRO_10S),
+    _flavour(
+        "t2v-pro-pretrain-10s-hd", "T2V-Pro-pretrain-10s", "Pro 19B text-to-video, pretrain, 10 s", _PRO_10S
+    ),
+    _flavour("i2v-lite-5s", "I2V-Lite-5s", "Lite 2B image-to-video, 5 s", _LITE, i2v=True),
+    _flavour("i2v-pro-sft-5s", "I2V-Pro-sft-5s", "Pro 19B image-to-video, SFT, 5 s", _PRO, i2v=True),
+    _flavour(
+        "tiny", None, "Tiny random text-to-video model built in memory (tests)", tiny.TINY_TRANSFORMER_CONFIG
+    ),
+    _flavour(
+        "tiny-i2v",
+        None,
+        "Tiny random image-to-video model built in memory (tests); "
+        "cinetune.models.kandinsky5.tiny.save_tiny_checkpoint(folder, i2v=True) writes it as a folder",
+        tiny.TINY_TRANSFORMER_CONFIG,
+        i2v=True,
+    ),
+]
+_I2V_MIN_FRAMES = 17
+_ATTENTION_SUFFIXES = ("to_query", "to_key", "to_value", "out_layer")
+
+
+class TextEncoders(torch.nn.Module):
+    """Qwen2.5-VL and CLIP as one module, so the cache builder moves and frees both together."""
+
+    def __init__(self, qwen: torch.nn.Module, clip: torch.nn.Module) -> None:
+        super().__init__()
+        self.qwen, self.clip = qwen, clip
+
+
+class Kandinsky5VideoFamily(ModelFamily):
+    name: ClassVar[str] = "kandinsky5-video"
+    aliases: ClassVar[tuple[str, ...]] = ("kandinsky5_video", "kandinsky5")
+    flavours: ClassVar[dict[str, Flavour]] = {f.name: f for f in _FLAVOURS}
+    default_flavour: ClassVar[str] = "t2v-lite-sft-5s"
+    frame_rule: ClassVar[FrameRule] = FrameRule(temporal_multiple=4, spatial_multiple=16)
+    # Attention projections of self- (text and visual blocks) and cross-attention, not the modulation,
+    # feed-forward or output layers that share the `out_layer` name.
+    default_lora_targets: ClassVar[tuple[str, ...]] = tuple(
+        f"{attn}.{proj}" for attn in ("self_attention", "cross_attention") for proj in _ATTENTION_SUFFIXES
+    )
+    default_max_sequence_length: ClassVar[int] = 512
+    default_frame_rate: ClassVar[float] = 24.0
+    pipeline_class: ClassVar[type] = Kandinsky5T2VPipeline
+    transformer_class: ClassVar[type] = Kandinsky5Transformer3DModel
+    latent_compression: ClassVar[tuple[int, int]] = (4, 8)
+    run_options: ClassVar[frozenset[str]] = frozenset({"vae_enable_patch_conv", "vae_enable_tiling"})
+    # ComfyUI's native Kandinsky 5 model uses the original module names, which diffusers kept.
+    comfyui_renames: ClassVar[dict[str, str]] = {}
+
+    @classmethod
+    def make_loader(cls, source: str | None, flavour: Flavour) -> ComponentLoader:
+        """`tiny-i2v` without a folder is the built-in tiny model too (same weights, image-conditioned)."""
+        if source is None and flavour.name == "tiny-i2v":
+            loader = ComponentLoader(None, "tiny")
+            loader.flavour = flavour.name
+            return loader
+        return ComponentLoader(source or flavour.repo, flavour.name, flavour.revision)
+
+    def __init__(self, loader: ComponentLoader) -> None:
+        self.loader = loader
+        spec = self.flavours[loader.flavour]
+        self.conditions_on_image = bool(spec.extra.get("i2v"))
+        if spec.extra.get("sparse_attention"):
+            self.frame_rule = FrameRule(temporal_multiple=4, spatial_multiple=128)
+        self.vae_patch_conv = False
+        self.vae_tiling = False
+
+    def configure(self, cfg: Any) -> None:
+        super().configure(cfg)
+        self.vae_patch_conv = bool(getattr(cfg, "vae_enable_patch_conv", False))
+        self.vae_tiling = bool(getattr(cfg, "vae_enable_tiling", False))
+
+    def component_identity(self, kind: str) -> str:
+        if kind == "text":
+            return "".join(
+                self.loader.identity(s)
+                for s in ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
+            )
+        # Tiling changes latents slightly (blended seams) and I2V entries hold the first-frame latents too;
+        # patch convolution gives the plain latents, so it keeps the cache.
+        return f"{self.loader.identity('vae')}:i2v={self.conditions_on_image}:tiling={self.vae_tiling}"
+
+    def synthetic_caption(self, config: dict[str, Any], num_tokens: int) -> dict[str, torch.Tensor]:
+        return {
+            "prompt_embeds": torch.randn(num_tokens, config["in_text_dim"]),
+            "pooled_prompt_embeds": torch.randn(config["in_text_dim2"]),
+        }
+
+    def synthetic_latents(
+        self, config: dict[str, Any], width: int, height: int, num_frames: int
+    ) -> dict[str, torch.Tensor]:
+        shape = (config["in_visual_dim"], (num_frames - 1) // 4 + 1, height // 8, width // 8)
+        out = {"latents": torch.randn(shape), "latents_std": torch.rand(shape) * 0.1}
+        if self.conditions_on_image:
+            out["image_latents"] = torch.randn(shape[0], 1, *shape[2:])
+            out["image_latents_std"] = torch.rand(shape[0], 1, *shape[2:]) * 0.1
+        return out
+
+    # ---- loading -------------------------------------------------------------------------------------------
+    def _tiny(self, key: str, dtype: torch.dtype | None = None) -> Any:
+        module = tiny.tiny_components()[key]
+        return module if dtype in (None, torch.float32) else module.to(dtype)
+
+    def load_text_encoder(self, dtype: torch.dtype) -> tuple[Any, torch.nn.Module]:
+        """((Qwen tokenizer, CLIP tokenizer), TextEncoders). The hub's Qwen2VLProcessor folder holds the
+        tokenizer the processor calls for text, so the tokenizer alone is loaded."""
+        if self.loader.is_builtin_tiny:
+            parts = tiny.tiny_components()
+            qwen, clip = parts["text_encoder"], parts["text_encoder_2"]
+            tokenizers = (parts["tokenizer"], parts["tokenizer_2"])
+            encoders = TextEncoders(qwen, clip)
+            return tokenizers, encoders if dtype == torch.float32 else encoders.to(dtype)
+        tokenizers = (
+            self.loader.load(AutoTokenizer, "tokenizer"),
+            self.loader.load(CLIPTokenizer, "tokenizer_2"),
+        )
+        qwen = self.loader.load(Qwen2_5_VLForConditionalGeneration, "text_encoder", torch_dtype=dtype)
+        clip = self.loader.load(CLIPTextModel, "text_encoder_2", torch_dtype=dtype)
+        return tokenizers, TextEncoders(qwen, clip)
+
+    def load_vae(self, dtype: torch.dtype) -> torch.nn.Module:
+        if self.loader.is_builtin_tiny:
+            vae = self._tiny("vae", dtype)
+        else:
+            vae = self.loader.load(AutoencoderKLHunyuanVideo, "vae", torch_dtype=dtype)
+        if self.vae_patch_conv:
+            enable_patch_conv(vae)
+        if self.vae_tiling:
+            vae.enable_tiling()
+        return vae
+
+    def load_transformer(self, dtype: torch.dtype) -> torch.nn.Module:
+        if self.loader.is_builtin_tiny:
+            return self._tiny("transformer", dtype)
+        return self.loader.load(Kandinsky5Transformer3DModel, "transformer", torch_dtype=dtype)
+
+    def load_scheduler(self) -> FlowMatchEulerDiscreteScheduler:
+        if self.loader.is_builtin_tiny:
+            return self._tiny("scheduler")
+        return self.loader.load(FlowMatchEulerDiscreteScheduler, "scheduler")
+
+    # ---- encoding (used by the caches) ---------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_text(
+        self, tokenizer: Any, text_encoder: torch.nn.Module, captions: list[str], max_sequence_length: int
+    ) -> list[dict[str, torch.Tensor]]:
+        """Per caption: Qwen embeddings of the prompt tokens (L, D) and the CLIP pooled vector (768,).
+
+        One caption per call: the pipeline pads a batch to its longest prompt and encodes without a mask, and
+        its transformer has no text mask either, so batching would change what a caption's tokens see.
+        """
+        if max_sequence_length > 1024:
+            raise ConfigError(f"max_sequence_length {max_sequence_length}: Kandinsky 5 takes at most 1024")
+        qwen_tokenizer, clip_tokenizer = tokenizer
+        pipe = Kandinsky5T2VPipeline(
+            transformer=None,
+            vae=None,
+            text_encoder=text_encoder.qwen,
+            tokenizer=qwen_tokenizer,
+            text_encoder_2=text_encoder.clip,
+            tokenizer_2=clip_tokenizer,
+            scheduler=None,
+        )
+        param = next(text_encoder.parameters())
+        out = []
+        for caption in captions:
+            qwen, clip, _ = pipe.encode_prompt(
+                caption, max_sequence_length=max_sequence_length, device=param.device, dtype=param.dtype
+            )
+            out.append({"prompt_embeds": qwen[0].cpu(), "pooled_prompt_embeds": clip[0].cpu()})
+        return out
+
+    @torch.no_grad()
+    def encode_video(self, vae: torch.nn.Module, pixels: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        """pixels (B, 3, F, H, W) in [-1, 1] -> per sample posterior mean and std times the scaling factor.
+
+        Image-to-video flavours also store the first frame encoded on its own, as the I2V pipeline encodes
+        its conditioning image (a one-frame video).
+        """
+        param = next(vae.parameters())
+        pixels = pixels.to(param.device, param.dtype)
+        scale = vae.config.scaling_factor
+        posterior = vae.encode(pixels).latent_dist
+        entries = [
+            {"latents": (posterior.mean[i] * scale).cpu(), "latents_std": (posterior.std[i] * scale).cpu()}
+            for i in range(pixels.shape[0])
+        ]
+        if self.conditions_on_image:
+            first = vae.encode(pixels[:, :, :1]).latent_dist
+            for i, entry in enumerate(entries):
+                entry["image_latents"] = (first.mean[i] * scale).cpu()
+                entry["image_latents_std"] = (first.std[i] * scale).cpu()
+        return entries
+
+    # ---- training step inputs -----------------------------------------------------------------------------
+    @staticmethod
+    def collate_text(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Qwen embeddings zero-padded to the longest (the loss never feeds pads to the model), lengths."""
+        lengths = [item["prompt_embeds"].shape[0] for item in items]
+        dim = items[0]["prompt_embeds"].shape[1]
+        embeds = torch.zeros(len(items), max(lengths), dim, dtype=items[0]["prompt_embeds"].dtype)
+        for i, item in enumerate(items):
+            embeds[i, : lengths[i]] = item["prompt_embeds"]
+        return {
+            "prompt_embeds": embeds,
+            "prompt_lengths": torch.tensor(lengths),
+            "pooled_prompt_embeds": torch.stack([item["pooled_prompt_embeds"] for item in items]),
+        }
+
+    @staticmethod
+    def num_tokens(latent_shape: torch.Size) -> int:
+        _, _, frames, height, width = latent_shape
+        return frames * (height // 2) * (width // 2)
+
+    @staticmethod
+    def shift_mu(num_tokens: int) -> float:
+        return SHIFT_MU
+
+    def prepare_inputs(
+        self,
+        latents: torch.Tensor,
+        noise: torch.Tensor,
+        sigmas: torch.Tensor,
+        text: dict[str, torch.Tensor],
+        frame_rate: float,
+        dtype: torch.dtype,
+        image_latents: torch.Tensor | None = None,
+    ) -> ModelInputs:
+        """Rectified-flow inputs for samples whose captions have one length (the model has no text mask).
+
+        x_t = (1 - s) x0 + s eps, target eps - x0 as (B, F*H*W, 16) tokens, timestep 1000 s.
+        """
+        lengths = text["prompt_lengths"]
+        if int(lengths.min()) != int(lengths.max()):
+            raise ValueError("prepare_inputs takes captions of one token length; split the batch by length")
+        length = int(lengths[0])
+        device = latents.device
+        s = sigmas.view(-1, 1, 1, 1, 1).to(latents.dtype)
+        noisy = (1.0 - s) * latents + s * noise
+        _, _, _, height, width = latents.shape
+        kwargs = {
+            "hidden_states": visual_input(noisy, image_latents).to(dtype),
+            "encoder_hidden_states": text["prompt_embeds"][:, :length].to(device, dtype),
+            "pooled_projections": text["pooled_prompt_embeds"].to(device, dtype),
+            "timestep": (sigmas * 1000.0).to(device, dtype),
+            "visual_rope_pos": visual_rope_positions(latents.shape, device),
+            "text_rope_pos": torch.arange(length, device=device),
+            "scale_factor": rope_scale_factor(height * 8, width * 8),
+            "return_dict": True,
+        }
+        target = to_channels_last(noise - latents).flatten(1, 3)
+        mask = token_loss_mask(latents.shape, image_latents is not None, device)
+        return ModelInputs(kwargs=kwargs, target=target, loss_mask=mask)
+
+    def training_loss(
+        self,
+        model: torch.nn.Module,
+        batch: Any,
+        generator: torch.Generator,
+        sigma_sampler: str,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> torch.Tensor:
+        """Velocity MSE, one forward per caption length in the batch (with B = 1 or equal lengths: one)."""
+        x0 = sample_latents(batch.latents, batch.latents_std, generator)
+        noise = torch.randn(x0.shape, generator=generator)
+        sigmas = sample_sigmas(x0.shape[0], SHIFT_MU, sigma_sampler, generator)
+        image = None
+        if self.conditions_on_image:
+            std = batch.tensors.get("image_latents_std") if batch.use_std else None
+            image = sample_latents(batch.tensors["image_latents"], std, generator)
+        config = getattr(model, "module", model).config
+        lengths = batch.text["prompt_lengths"]
+        total, weight = torch.zeros((), device=device), 0.0
+        for length in dict.fromkeys(lengths.tolist()):
+            rows = (lengths == length).nonzero().flatten()
+            text = {k: v[rows] for k, v in batch.text.items()}
+            inputs = self.prepare_inputs(
+                x0[rows].to(device),
+                noise[rows].to(device),
+                sigmas[rows].to(device),
+                text,
+                batch.frame_rate,
+                dtype,
+                image_latents=None if image is None else image[rows].to(device),
+            )
+            inputs.kwargs["sparse_params"] = sparse_params(config, inputs.kwargs["hidden_states"])
+            pred = model(**inputs.kwargs).sample.flatten(1, 3)
+            share = float(inputs.loss_mask.sum())
+            total = total + flow_loss(pred, inputs.target, inputs.loss_mask) * share
+            weight += share
+        return total / weight
+
+    # ---- validation and export ---------------------------------------------------------------------------
+    def build_pipeline(self, transformer: torch.nn.Module, vae: torch.nn.Module, scheduler: Any) -> Any:
+        """A pipeline without text encoders: validation passes cached prompt embeddings."""
+        pipeline_class = Kandinsky5I2VPipeline if self.conditions_on_image else Kandinsky5T2VPipeline
+        return pipeline_class(
+            transformer=transformer,
+            vae=vae,
+            text_encoder=None,
+            tokenizer=None,
+            text_encoder_2=None,
+            tokenizer_2=None,
+            scheduler=scheduler,
+        )
+
+    @staticmethod
+    def pipeline_text_kwargs(positive: dict[str, torch.Tensor], negative: dict[str, torch.Tensor]) -> dict:
+        out = {}
+        for prefix, entry in (("", positive), ("negative_", negative)):
+            length = entry["prompt_embeds"].shape[0]
+            out[f"{prefix}prompt_embeds_qwen"] = entry["prompt_embeds"][None]
+            out[f"{prefix}prompt_embeds_clip"] = entry["pooled_prompt_embeds"][None]
+            out[f"{prefix}prompt_cu_seqlens"] = torch.tensor([0, length], dtype=torch.int32)
+        return out
+
+    def generate(
+        self,
+        pipe: Any,
+        positive: dict[str, torch.Tensor],
+        negative: dict[str, torch.Tensor],
+        *,
+        width: int,
+        height: int,
+        num_frames: int,
+        guidance_scale: float,
+        num_inference_steps: int,
+        frame_rate: float,
+        generator: torch.Generator,
+        device: torch.device,
+        image: np.ndarray | None = None,
+    ) -> GeneratedVideo:
+        """Text-to-video, or image-to-video from `image` (uint8 H x W x 3) or, without one, from the first
+        frame of a text-to-video generation of the same prompt (the model run with an empty condition)."""
+        common = {
+            "width": width,
+            "height": height,
+            "num_frames": num_frames,
+            "guidance_scale": guidance_scale,
+            "num_inference_steps": num_inference_steps,
+            "generator": generator,
+            "output_type": "np",
+        }
+        text = {k: v.to(device) for k, v in self.pipeline_text_kwargs(positive, negative).items()}
+        if not self.conditions_on_image:
+            return GeneratedVideo(frames=np.asarray(pipe(**text, **common).frames[0], dtype=np.float32))
+        if num_frames < _I2V_MIN_FRAMES:
+            # Kandinsky5I2VPipeline renormalises latent frames 0-3 against the frames after them: with none
+            # after them it divides by an empty statistic and the video comes out NaN.
+            logger.warning(
+                "image-to-video validation needs at least %d frames; generating %d",
+                _I2V_MIN_FRAMES,
+                _I2V_MIN_FRAMES,
+            )
+            common["num_frames"] = _I2V_MIN_FRAMES
+        if image is None:
+            t2v = Kandinsky5T2VPipeline(**pipe.components)
+            t2v.set_progress_bar_config(disable=True)
+            first = np.asarray(t2v(**text, **common).frames[0][0])
+            image = (np.clip(first, 0, 1) * 255).round().astype(np.uint8)
+        picture = Image.fromarray(fit_image(Image.fromarray(image), (width, height)))
+        frames = pipe(image=picture, **text, **common).frames[0]
+        return GeneratedVideo(frames=np.asarray(frames, dtype=np.float32))
+
+
+def sparse_params(config: Any, hidden_states: torch.Tensor) -> dict | None:
+    """NABLA sparse-attention parameters exactly as the pipelines build them; None for regular attention."""
+    if config.attention_type != "nabla":
+        return None
+    _, _, height, width, _ = hidden_states.shape
+    if (height // 2) % 8 or (width // 2) % 8:
+        raise ConfigError(
+            f"this model uses NABLA sparse attention, which needs sides that are multiples of 128 pixels; "
+            f"got {width * 8}x{height * 8}"
+        )
+    owner = SimpleNamespace(
+        transformer=SimpleNamespace(config=config), fast_sta_nabla=Kandinsky5T2VPipeline.fast_sta_nabla
+    )
+    return Kandinsky5T2VPipeline.get_sparse_params(owner, hidden_states, hidden_states.device)

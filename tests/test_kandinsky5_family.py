@@ -1,0 +1,341 @@
+"""kandinsky5-video on tiny real diffusers/transformers classes: loading, encoding, inputs, LoRA."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import Kandinsky5I2VPipeline, Kandinsky5T2VPipeline
+from peft import LoraConfig
+
+from cinetune.cache.store import TensorCache
+from cinetune.config import TrainConfig
+from cinetune.errors import ConfigError, NotSupportedYet
+from cinetune.models.kandinsky5 import tiny
+from cinetune.models.kandinsky5.inputs import SHIFT_MU, rope_scale_factor
+from cinetune.models.kandinsky5.vae_memory import disable_patch_conv, enable_patch_conv
+from cinetune.models.registry import build_family
+from cinetune.training.batches import Batch
+from cinetune.training.flow import flow_loss, sample_sigmas
+
+CAPTIONS = ["a red square moves", "", "a blue circle slowly jumps over a green tree at night in the rain"]
+
+
+@pytest.fixture(scope="module")
+def k5_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny.save_tiny_checkpoint(tmp_path_factory.mktemp("k5") / "Kandinsky5-tiny")
+
+
+@pytest.fixture(scope="module")
+def k5_i2v_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny.save_tiny_checkpoint(tmp_path_factory.mktemp("k5i2v") / "Kandinsky5-tiny-i2v", i2v=True)
+
+
+def _config(**keys) -> TrainConfig:
+    return TrainConfig(model_family="kandinsky5-video", **keys)
+
+
+def test_flavours_map_to_diffusers_repos() -> None:
+    family = build_family("kandinsky5_video", None, None)
+    assert family.loader.flavour == "t2v-lite-sft-5s"
+    assert family.loader.source == "kandinskylab/Kandinsky-5.0-T2V-Lite-sft-5s-Diffusers"
+    cls = type(family)
+    for name, flavour in cls.flavours.items():
+        if name.startswith("tiny"):
+            continue
+        assert flavour.repo.startswith("kandinskylab/Kandinsky-5.0-") and flavour.repo.endswith("-Diffusers")
+        assert flavour.extra["i2v"] == name.startswith("i2v")
+    for name in ("t2v-lite-sft-10s", "t2v-pro-pretrain-10s-hd"):
+        assert build_family("kandinsky5-video", name, None).frame_rule.spatial_multiple == 128
+    assert build_family("kandinsky5-video", "i2v-pro-sft-5s", None).conditions_on_image
+    builtin_i2v = build_family("kandinsky5-video", "tiny-i2v", None)
+    assert builtin_i2v.conditions_on_image and builtin_i2v.loader.is_builtin_tiny
+    offline = build_family("kandinsky5-video", "t2v-pro-sft-5s-hd", None)
+    with pytest.raises(
+        ConfigError, match=r"could not load transformer from 'kandinskylab/Kandinsky-5\.0-T2V-Pro"
+    ):
+        offline.load_transformer(torch.float32)
+    with pytest.raises(ConfigError, match="no 'vae' folder"):
+        build_family("kandinsky5-video", "tiny", str(Path(__file__).parent)).load_vae(torch.float32)
+
+
+def test_frame_rule_adjusts_down_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    rule = build_family("kandinsky5-video", "tiny", None).frame_rule
+    assert (rule.frames_down(50), rule.frames_down(121), rule.side_down(500)) == (49, 121, 496)
+    with caplog.at_level(logging.WARNING):
+        assert rule.adjust_frames(24, "num_frames") == 21
+    assert "4k+1" in caplog.text
+
+
+def test_loads_from_diffusers_folder_same_as_builtin(k5_dir: Path) -> None:
+    folder, builtin = (
+        build_family("kandinsky5-video", "tiny", str(k5_dir)),
+        build_family("kandinsky5-video", "tiny", None),
+    )
+    a, b = folder.load_transformer(torch.float32), builtin.load_transformer(torch.float32)
+    for (name, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(p, q), name
+    assert a.config.visual_cond and a.config.in_visual_dim == 16
+    (qwen_tok, clip_tok), _ = folder.load_text_encoder(torch.float32)
+    assert qwen_tok("a red cat").input_ids == tiny.tiny_qwen_tokenizer()("a red cat").input_ids
+    assert clip_tok("a red cat").input_ids[-1] == clip_tok.eos_token_id
+    assert folder.load_vae(torch.float32).config.scaling_factor == pytest.approx(0.476986)
+    ids = {folder.component_identity("text"), builtin.component_identity("text")}
+    assert len(ids) == 2
+
+
+def test_text_embeddings_are_the_pipelines_without_the_template_prefix(k5_dir: Path, tmp_path: Path) -> None:
+    family = build_family("kandinsky5-video", "tiny", str(k5_dir))
+    tokenizers, encoders = family.load_text_encoder(torch.float32)
+    ours = family.encode_text(tokenizers, encoders, CAPTIONS, 512)
+    pipe = Kandinsky5T2VPipeline.from_pretrained(k5_dir)
+    template, start = tiny.prompt_template()
+    assert start == 128 and len(tokenizers[0](template.split("{}")[0]).input_ids) == 128
+    cache = TensorCache(tmp_path)
+    for caption, entry in zip(CAPTIONS, ours, strict=True):
+        qwen, clip, cu_seqlens = pipe.encode_prompt(caption, device=torch.device("cpu"), dtype=torch.float32)
+        torch.testing.assert_close(entry["prompt_embeds"], qwen[0])
+        torch.testing.assert_close(entry["pooled_prompt_embeds"], clip[0])
+        ids = tokenizers[0](template.format(caption)).input_ids[start:]
+        assert tokenizers[0].decode(ids) == caption + "<|im_end|>"  # exactly the prompt and <|im_end|>
+        assert entry["prompt_embeds"].shape == (len(ids), tiny.TINY_QWEN_DIM) == (int(cu_seqlens[-1]), 32)
+        cache.save(caption[:8] or "empty", entry)
+    # no padding stored: bytes grow with the caption, about 4 bytes x dim per token in fp32 plus the header
+    sizes = [cache.size_bytes(c[:8] or "empty") for c in CAPTIONS]
+    assert sizes[1] < sizes[0] < sizes[2]
+    assert sizes[2] - sizes[0] == (ours[2]["prompt_embeds"].numel() - ours[0]["prompt_embeds"].numel()) * 4
+    (short,) = family.encode_text(tokenizers, encoders, [CAPTIONS[2]], 8)
+    assert short["prompt_embeds"].shape[0] <= 8
+    with pytest.raises(ConfigError, match="at most 1024"):
+        family.encode_text(tokenizers, encoders, ["x"], 2048)
+
+
+def test_video_latents_scaled_without_mean_std_and_i2v_first_frame(k5_i2v_dir: Path) -> None:
+    family = build_family("kandinsky5-video", "tiny-i2v", str(k5_i2v_dir))
+    vae = family.load_vae(torch.float32)
+    pixels = torch.rand(1, 3, 9, 64, 96) * 2 - 1
+    (entry,) = family.encode_video(vae, pixels)
+    assert entry["latents"].shape == (16, 3, 8, 12)  # 9 frames -> 3 (4x), 64x96 -> 8x12 (8x)
+    posterior = vae.encode(pixels).latent_dist
+    torch.testing.assert_close(entry["latents"], posterior.mean[0] * 0.476986)
+    torch.testing.assert_close(entry["latents_std"], posterior.std[0] * 0.476986)
+    image = vae.encode(pixels[:, :, :1]).latent_dist.mean[0] * 0.476986
+    assert entry["image_latents"].shape == (16, 1, 8, 12)
+    torch.testing.assert_close(entry["image_latents"], image)
+    t2v = build_family("kandinsky5-video", "tiny", str(k5_i2v_dir))
+    assert "image_latents" not in t2v.encode_video(vae, pixels)[0]
+    assert t2v.component_identity("vae") != family.component_identity("vae")
+
+
+def test_patch_conv_gives_the_plain_latents_and_tiling_stays_close() -> None:
+    vae = tiny.tiny_components()["vae"].eval()
+    coarse = torch.rand(1, 3, 9, 8, 12, generator=torch.Generator().manual_seed(0))
+    pixels = torch.nn.functional.interpolate(coarse, size=(9, 128, 192), mode="trilinear") * 2 - 1
+    with torch.no_grad():
+        small = pixels[:, :, :, :64, :96]
+        plain = vae.encode(small).latent_dist.mean
+        decoded = vae.decode(plain).sample
+        assert enable_patch_conv(vae, chunk_bytes=1) == 44  # one output frame per chunk: the hardest case
+        torch.testing.assert_close(vae.encode(small).latent_dist.mean, plain, atol=1e-5, rtol=0)
+        torch.testing.assert_close(vae.decode(plain).sample, decoded, atol=1e-5, rtol=0)
+        disable_patch_conv(vae)
+        plain = vae.encode(pixels).latent_dist.mean
+        vae.enable_tiling(
+            tile_sample_min_height=96,
+            tile_sample_min_width=96,
+            tile_sample_stride_height=64,
+            tile_sample_stride_width=64,
+        )
+        tiled = vae.encode(pixels).latent_dist.mean
+    # Tiles blend at the seams and normalise their own statistics: close, not equal (random weights make
+    # this the worst case; trained VAEs are smoother).
+    assert not torch.equal(tiled, plain)
+    assert (tiled - plain).abs().mean() < 0.5 * plain.std()
+    assert torch.corrcoef(torch.stack([tiled.flatten(), plain.flatten()]))[0, 1] > 0.8
+
+
+def test_vae_options_are_configured_or_rejected(k5_i2v_dir: Path) -> None:
+    family = build_family("kandinsky5-video", "tiny", None)
+    family.configure(_config(vae_enable_patch_conv=True, vae_enable_tiling=True))
+    vae = family.load_vae(torch.float32)
+    assert vae.use_tiling and sum(hasattr(m, "_cinetune_plain_forward") for m in vae.modules()) == 44
+    assert family.component_identity("vae").endswith("tiling=True")
+    with pytest.raises(ConfigError, match="generates from text only"):
+        family.configure(_config(eval_dataset_id="eval"))
+    ltx = build_family("ltxvideo", "tiny", None)
+    with pytest.raises(NotSupportedYet, match="vae_enable_patch_conv"):
+        ltx.configure(TrainConfig(model_family="ltxvideo", vae_enable_patch_conv=True))
+    i2v = build_family("kandinsky5-video", "tiny-i2v", str(k5_i2v_dir))
+    i2v.configure(_config(validation_using_datasets=True))
+
+
+def test_inputs_are_channels_last_with_condition_and_mask() -> None:
+    family = build_family("kandinsky5-video", "tiny", None)
+    x0, noise = torch.randn(2, 16, 3, 4, 6), torch.randn(2, 16, 3, 4, 6)
+    sigmas = torch.tensor([0.25, 0.75])
+    text = family.collate_text(
+        [{"prompt_embeds": torch.randn(5, 32), "pooled_prompt_embeds": torch.randn(32)}] * 2
+    )
+    inputs = family.prepare_inputs(x0, noise, sigmas, text, 24.0, torch.float32)
+    hidden = inputs.kwargs["hidden_states"]
+    assert hidden.shape == (2, 3, 4, 6, 33)
+    noisy = (1 - sigmas.view(-1, 1, 1, 1, 1)) * x0 + sigmas.view(-1, 1, 1, 1, 1) * noise
+    torch.testing.assert_close(hidden[..., :16], noisy.permute(0, 2, 3, 4, 1))
+    assert not hidden[..., 16:].any()  # text-to-video: condition and mask channels are zero
+    torch.testing.assert_close(inputs.target, (noise - x0).permute(0, 2, 3, 4, 1).flatten(1, 3))
+    assert inputs.kwargs["timestep"].tolist() == [250.0, 750.0]
+    assert [p.tolist() for p in inputs.kwargs["visual_rope_pos"]] == [[0, 1, 2], [0, 1], [0, 1, 2]]
+    assert inputs.kwargs["text_rope_pos"].tolist() == [0, 1, 2, 3, 4]
+    assert inputs.loss_mask.all()
+    image = torch.randn(2, 16, 1, 4, 6)
+    inputs = family.prepare_inputs(x0, noise, sigmas, text, 24.0, torch.float32, image_latents=image)
+    hidden = inputs.kwargs["hidden_states"]
+    torch.testing.assert_close(hidden[:, 0, ..., :16], image[:, :, 0].permute(0, 2, 3, 1))
+    torch.testing.assert_close(hidden[:, 1:, ..., :16], noisy[:, :, 1:].permute(0, 2, 3, 4, 1))
+    assert not hidden[..., 16:32].any()
+    assert hidden[:, 0, ..., 32].eq(1).all() and not hidden[:, 1:, ..., 32].any()
+    assert inputs.loss_mask.view(2, 3, 24)[:, 0].sum() == 0 and inputs.loss_mask.view(2, 3, 24)[:, 1:].all()
+    for height, width in ((512, 768), (480, 854), (720, 1280), (64, 96), (1024, 1024)):
+        assert rope_scale_factor(height, width) == Kandinsky5T2VPipeline._get_scale_factor(
+            None, height, width
+        )
+    assert family.shift_mu(family.num_tokens(x0.shape)) == pytest.approx(np.log(5.0))
+
+
+def test_pipelines_feed_the_transformer_what_training_feeds_it(k5_dir: Path) -> None:
+    """Capture the first transformer call of both pipelines and compare with prepare_inputs."""
+    calls = []
+    for pipeline_class in (Kandinsky5T2VPipeline, Kandinsky5I2VPipeline):
+        pipe = pipeline_class.from_pretrained(k5_dir)
+        pipe.set_progress_bar_config(disable=True)
+        pipe.transformer.register_forward_pre_hook(lambda _m, _a, kw: calls.append(kw), with_kwargs=True)
+        extra = {"image": np.zeros((64, 96, 3), np.uint8)} if pipeline_class is Kandinsky5I2VPipeline else {}
+        pipe(
+            prompt="a red square",
+            height=64,
+            width=96,
+            num_frames=9,
+            num_inference_steps=1,
+            guidance_scale=1.0,
+            **extra,
+        )
+    family = build_family("kandinsky5-video", "tiny", None)
+    entry = {
+        "prompt_embeds": calls[0]["encoder_hidden_states"][0],
+        "pooled_prompt_embeds": calls[0]["pooled_projections"][0],
+    }
+    sigma = calls[0]["timestep"] / 1000
+    latents = calls[0]["hidden_states"][..., :16].permute(0, 4, 1, 2, 3)
+    ours = family.prepare_inputs(latents, latents, sigma, family.collate_text([entry]), 24.0, torch.float32)
+    for key in ("hidden_states", "encoder_hidden_states", "pooled_projections", "timestep", "text_rope_pos"):
+        torch.testing.assert_close(ours.kwargs[key], calls[0][key])
+    assert ours.kwargs["scale_factor"] == calls[0]["scale_factor"]
+    for ours_pos, theirs in zip(ours.kwargs["visual_rope_pos"], calls[0]["visual_rope_pos"], strict=True):
+        assert torch.equal(ours_pos, theirs)
+    i2v = calls[1][
+        "hidden_states"
+    ]  # image latent in frame 0 of the noisy channels, mask 1 there, no condition
+    assert not i2v[..., 16:32].any() and i2v[:, 0, ..., 32].eq(1).all() and not i2v[:, 1:, ..., 32].any()
+
+
+def _lora_model(family, checkpointing: bool = False) -> torch.nn.Module:
+    model = family.load_transformer(torch.float32)
+    model.requires_grad_(False)
+    model.add_adapter(
+        LoraConfig(
+            r=4, lora_alpha=4, target_modules=list(family.default_lora_targets), init_lora_weights="gaussian"
+        )
+    )
+    if checkpointing:
+        model.enable_gradient_checkpointing()
+    return model.train()
+
+
+def test_loss_runs_each_caption_length_unpadded_and_lora_gets_gradients(k5_i2v_dir: Path) -> None:
+    family = build_family("kandinsky5-video", "tiny-i2v", str(k5_i2v_dir))
+    entries = [
+        {"prompt_embeds": torch.randn(n, 32), "pooled_prompt_embeds": torch.randn(32)} for n in (3, 7, 3)
+    ]
+    latents = torch.randn(3, 16, 3, 4, 6)
+    tensors = {"latents": latents, "image_latents": torch.randn(3, 16, 1, 4, 6)}
+    batch = Batch(tensors=tensors, text=family.collate_text(entries), frame_rate=24.0, use_std=False)
+    losses, grads = [], []
+    for checkpointing in (False, True):
+        model = _lora_model(family, checkpointing)
+        generator = torch.Generator().manual_seed(0)
+        replay = torch.Generator().set_state(generator.get_state())
+        loss = family.training_loss(
+            model, batch, generator, "shifted_logit_normal", torch.device("cpu"), torch.float32
+        )
+        loss.backward()
+        losses.append(loss.item())
+        grads.append({n: p.grad.abs().sum() for n, p in model.named_parameters() if p.requires_grad})
+    noise = torch.randn(latents.shape, generator=replay)
+    sigmas = sample_sigmas(3, SHIFT_MU, "shifted_logit_normal", replay)
+    with torch.no_grad():  # one sample at a time, real tokens only: what the batched loss must equal
+        per_sample = []
+        for i, entry in enumerate(entries):
+            inputs = family.prepare_inputs(
+                latents[i : i + 1],
+                noise[i : i + 1],
+                sigmas[i : i + 1],
+                family.collate_text([entry]),
+                24.0,
+                torch.float32,
+                image_latents=tensors["image_latents"][i : i + 1],
+            )
+            pred = model(**inputs.kwargs).sample.flatten(1, 3)
+            per_sample.append(flow_loss(pred, inputs.target, inputs.loss_mask))
+    assert losses[0] == pytest.approx(float(torch.stack(per_sample).mean()), rel=1e-5)
+    assert losses[1] == pytest.approx(losses[0], rel=1e-6)
+    for name in (
+        "text_transformer_blocks.0.self_attention.to_query",
+        "visual_transformer_blocks.1.cross_attention.out_layer",
+    ):
+        assert grads[0][f"{name}.lora_B.default.weight"] > 0, name
+    assert not any("modulation" in n or "feed_forward" in n for n in grads[0])
+
+
+def test_validation_generates_t2v_and_i2v_from_cached_embeddings(
+    k5_i2v_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    family = build_family("kandinsky5-video", "tiny-i2v", str(k5_i2v_dir))
+    tokenizers, encoders = family.load_text_encoder(torch.float32)
+    positive, negative = family.encode_text(tokenizers, encoders, ["a red square", ""], 512)
+    pipe = family.build_pipeline(
+        family.load_transformer(torch.float32), family.load_vae(torch.float32), family.load_scheduler()
+    )
+    assert isinstance(pipe, Kandinsky5I2VPipeline)
+    pipe.set_progress_bar_config(disable=True)
+    t2v_calls = []
+    original = Kandinsky5T2VPipeline.__call__
+    monkeypatch.setattr(
+        Kandinsky5T2VPipeline, "__call__", lambda self, **kw: t2v_calls.append(1) or original(self, **kw)
+    )
+    common = {"width": 96, "height": 64, "num_frames": 9, "guidance_scale": 3.0, "num_inference_steps": 2}
+    video = family.generate(
+        pipe,
+        positive,
+        negative,
+        **common,
+        frame_rate=24,
+        generator=torch.Generator().manual_seed(0),
+        device=torch.device("cpu"),
+    )
+    assert video.frames.shape == (17, 64, 96, 3) and t2v_calls == [1]  # first frame of a T2V generation
+    assert np.isfinite(video.frames).all()
+    image = np.full((128, 160, 3), 200, np.uint8)
+    video = family.generate(
+        pipe,
+        positive,
+        negative,
+        **common,
+        frame_rate=24,
+        generator=torch.Generator().manual_seed(0),
+        device=torch.device("cpu"),
+        image=image,
+    )
+    assert video.frames.shape == (17, 64, 96, 3) and t2v_calls == [1] and np.isfinite(video.frames).all()

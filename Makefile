@@ -11,6 +11,8 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -c constraints.txt -r requirements.txt -r requirements-dev.txt
 	$(PY) -m pip install -q -c constraints.txt --no-deps -e .
+	# ltx-core: the official LTX-2 modules, for tests that cross-check our converter (its deps pull torchaudio)
+	$(PY) -m pip install -q -c constraints.txt --no-deps ltx-core==1.0.0
 	touch $(STAMP)
 
 demo: $(STAMP)

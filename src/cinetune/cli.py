@@ -128,7 +128,7 @@ def cmd_check(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_export(args: argparse.Namespace, extra: list[str]) -> int:
-    from cinetune.export.lora import DIFFUSERS_FILE, export_comfyui
+    from cinetune.export.lora import DIFFUSERS_FILE
     from cinetune.models.registry import family_class
 
     if extra:
@@ -143,7 +143,7 @@ def cmd_export(args: argparse.Namespace, extra: list[str]) -> int:
     if args.format == "diffusers":
         console.print(f"diffusers LoRA: {output_dir / DIFFUSERS_FILE}")
         return 0
-    path = export_comfyui(output_dir, family_class(family_name).comfyui_renames)
+    path = family_class(family_name).export_comfyui(output_dir)
     console.print(f"ComfyUI LoRA written: {path}")
     return 0
 

@@ -99,6 +99,7 @@ class CacheBuilder:
                 "family": self.family.name,
                 "vae": self.family.component_identity("vae"),
                 "dtype": self._dtype_name,
+                **self.family.latent_key_fields(sample),
             }
         )
 
@@ -154,14 +155,15 @@ class CacheBuilder:
             return
         start = time.perf_counter()
         frames = 0
-        vae = self.family.load_vae(self.dtype)
-        vae.requires_grad_(False).eval().to(self.device)
+        encoders = self.family.load_latent_encoders(self.dtype)  # the VAE, and e.g. an audio VAE
+        for encoder in encoders.values():
+            encoder.requires_grad_(False).eval().to(self.device)
         bar = self.progress("video latents", len(todo))
         for i, window, key in todo:
             sample = samples[i]
-            pixels = load_pixels(sample, window).unsqueeze(0)
-            frames += pixels.shape[2]
-            (tensors,) = self.family.encode_video(vae, pixels)
+            pixels = load_pixels(sample, window)
+            frames += pixels.shape[1]
+            tensors = self.family.encode_sample(encoders, sample, window, pixels)
             meta = {
                 "path": str(sample.path),
                 "start": str(sample.window_starts[window]),
@@ -172,8 +174,9 @@ class CacheBuilder:
             )
             if bar is not None:
                 bar(1)
-        vae.cpu()
-        del vae
+        for encoder in encoders.values():
+            encoder.cpu()
+        del encoders
         _collect()
         seconds = time.perf_counter() - start
         self.index.stats.update(latent_seconds=seconds, latent_frames=frames)

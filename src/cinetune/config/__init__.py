@@ -1,10 +1,11 @@
 """One schema for files, CLI and web UI."""
 
-from cinetune.config.dataset import DataBackendConfig, DatasetConfig, VideoOptions
+from cinetune.config.dataset import AudioOptions, DataBackendConfig, DatasetConfig, VideoOptions
 from cinetune.config.load import LoadedConfig, load_config, parse_overrides
 from cinetune.config.train import TrainConfig, parse_resolutions
 
 __all__ = [
+    "AudioOptions",
     "DataBackendConfig",
     "DatasetConfig",
     "LoadedConfig",

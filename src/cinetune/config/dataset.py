@@ -66,6 +66,35 @@ class VideoOptions(BaseModel):
         return self
 
 
+class AudioOptions(BaseModel):
+    """The `audio` block of a video dataset: train the clips' sound too (families with audio, e.g.
+    ltxvideo2)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    auto_split: bool = Field(
+        True,
+        description="Take each clip's audio from its own file (the span under the sampled frames). "
+        "false would take it from a separate audio dataset (s2v_datasets): not supported yet.",
+    )
+    sample_rate: int = Field(16000, gt=0, description="Hz the audio is resampled to (LTX-2: 16000).")
+    channels: Literal[1, 2] = Field(
+        2,
+        description="1: downmix to mono (duplicated into a stereo VAE); 2: keep stereo (mono is duplicated).",
+    )
+    duration_interval: float | None = Field(
+        None,
+        gt=0,
+        description="Bucket rounding (s) of audio-only datasets. A video dataset's audio always spans "
+        "exactly its sampled frames, so here it changes nothing.",
+    )
+    allow_zero_audio: bool = Field(
+        False,
+        description="Clips without an audio track: false skips them (listed in the data report); true trains "
+        "them with silent audio latents and their audio loss masked out (weight 0).",
+    )
+
+
 class DatasetConfig(BaseModel):
     """One entry of `multidatabackend.json`."""
 
@@ -120,6 +149,11 @@ class DatasetConfig(BaseModel):
     video: VideoOptions | None = Field(
         None, description="Video options (num_frames, min_frames, buckets...)."
     )
+    audio: AudioOptions | None = Field(
+        None,
+        description="Video datasets: also train the clips' audio (families with audio). Without it nothing "
+        "audio is extracted, cached or trained.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> DatasetConfig:
@@ -139,6 +173,8 @@ class DatasetConfig(BaseModel):
             )
         if self.dataset_type == "video" and self.video is None:
             self.video = VideoOptions()
+        if self.audio is not None and self.dataset_type != "video":
+            raise ValueError(f"dataset '{self.id}': an `audio` block needs dataset_type 'video'")
         if self.dataset_type == "image" and self.video is not None:
             raise ValueError(f"dataset '{self.id}': an image dataset takes no `video` block")
         return self

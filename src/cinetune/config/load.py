@@ -11,7 +11,7 @@ from typing import Any
 import tomllib
 from pydantic import BaseModel, ValidationError
 
-from cinetune.config.dataset import DataBackendConfig, DatasetConfig, VideoOptions
+from cinetune.config.dataset import AudioOptions, DataBackendConfig, DatasetConfig, VideoOptions
 from cinetune.config.train import TrainConfig
 from cinetune.errors import ConfigError, NotSupportedYet
 
@@ -40,11 +40,8 @@ NOT_SUPPORTED_YET: dict[str, str] = {
     "push_to_hub": "pushing to the hub",
     "hub_model_id": "pushing to the hub",
     "s2v_datasets": "audio datasets",
-    "ltx2_checkpoint_filename": "the ltxvideo2 family",
-    "first_frame_conditioning_p": "first-frame (I2V) conditioning",
     "lycoris_config": "LyCORIS",
     "controlnet": "ControlNet",
-    "audio": "audio datasets",
     "conditioning_data": "conditioning datasets",
 }
 
@@ -152,6 +149,8 @@ def build_data_config(raw: Any, where: str = "multidatabackend") -> DataBackendC
         _check_keys(entry, DatasetConfig, label)
         if isinstance(entry.get("video"), dict):
             _check_keys(entry["video"], VideoOptions, f"{label} video block")
+        if isinstance(entry.get("audio"), dict):
+            _check_keys(entry["audio"], AudioOptions, f"{label} audio block")
     try:
         return DataBackendConfig.model_validate({"datasets": raw})
     except ValidationError as exc:
@@ -178,4 +177,19 @@ def load_config(
     if not backend_path.is_absolute():
         backend_path = base / backend_path
     data_cfg = build_data_config(read_file(backend_path), where=str(train.data_backend_config))
+    _check_audio_support(train, data_cfg)
     return LoadedConfig(train=train, data=data_cfg, config_path=config_path)
+
+
+def _check_audio_support(train: TrainConfig, data: DataBackendConfig) -> None:
+    """An `audio` block asks for audio training: only families that build it accept one."""
+    with_audio = [d.id for d in data.media if d.audio is not None]
+    if not with_audio:
+        return
+    from cinetune.models.registry import family_class  # models import torch/diffusers: only when needed
+
+    if not family_class(train.model_family).supports_audio:
+        raise NotSupportedYet(
+            f"dataset '{with_audio[0]}': 'audio' (audio training) is not supported yet for model_family "
+            f"'{train.model_family}'; remove the block to train on video only"
+        )

@@ -37,7 +37,14 @@ class TrainConfig(BaseModel):
         None, description="Release of the family (see `cinetune check`); default per family."
     )
     pretrained_model_name_or_path: str | None = Field(
-        None, description="Hub id or local diffusers-format folder. Default: the flavour's hub repo."
+        None,
+        description="Hub id or local diffusers-format folder (ltxvideo2 also: a folder or hub repo "
+        "holding the combined .safetensors checkpoint, or that file). Default: the flavour's hub repo.",
+    )
+    ltx2_checkpoint_filename: str | None = Field(
+        None,
+        description="ltxvideo2: name of the combined checkpoint file in the hub repo or folder. "
+        "Default: ltx-2-19b-dev.safetensors.",
     )
     model_type: Literal["lora"] = Field("lora", description="What is trained. Only 'lora' is supported yet.")
     lora_type: Literal["standard"] = Field("standard", description="LoRA kind. Only 'standard' (PEFT LoRA).")
@@ -81,12 +88,19 @@ class TrainConfig(BaseModel):
     flow_sigma_sampler: Literal["shifted_logit_normal", "uniform"] = Field(
         "shifted_logit_normal",
         description="How training sigmas are drawn. shifted_logit_normal: sigmoid(N(mu(tokens), 1)), as the "
-        "LTX trainers do.",
+        "LTX trainers do (ltxvideo2: the LTX-2 trainer's stretched variant with 10% uniform draws).",
     )
-    vae_latent_sampling: Literal["sample", "mean"] = Field(
-        "sample",
-        description="sample: draw x0 from the cached VAE posterior each step (as the LTX-Video "
-        "trainer does); mean: train on the posterior mean.",
+    vae_latent_sampling: Literal["sample", "mean"] | None = Field(
+        None,
+        description="sample: draw x0 from the cached VAE posterior each step; mean: train on the posterior "
+        "mean. Default: the family's trainer (ltxvideo: sample; ltxvideo2: mean).",
+    )
+    first_frame_conditioning_p: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Image-to-video training: probability that a sample keeps its first frame clean "
+        "(timestep 0, no loss). 0 trains text-to-video only; the LTX-2 I2V example uses 0.5. ltxvideo2 only.",
     )
     # lora
     lora_rank: int = Field(64, ge=1, description="LoRA rank.")
@@ -124,6 +138,17 @@ class TrainConfig(BaseModel):
     validation_num_inference_steps: int = Field(30, ge=1, description="Denoising steps for validation.")
     validation_seed: int | None = Field(None, description="Seed of the validation noise. Default: seed.")
     disable_validation: bool = Field(False, description="Never generate validation videos.")
+    validation_using_datasets: bool = Field(
+        False,
+        description="Image-to-video flavours: condition validation videos on first frames of the training "
+        "clips (or the eval_dataset_id dataset's images) instead of the first frame of a text-to-video "
+        "generation.",
+    )
+    eval_dataset_id: str | None = Field(
+        None,
+        description="Image-to-video flavours: id of a dataset whose images (first frames of videos) "
+        "condition the validation videos; that dataset is not trained on.",
+    )
     frame_rate: float = Field(
         25.0, gt=0, description="Frames per second of training clips and validation videos."
     )
@@ -133,13 +158,37 @@ class TrainConfig(BaseModel):
     tracker_run_name: str | None = Field(None, description="Run name for the tracker.")
     logging_steps: int = Field(1, ge=1, description="Write metrics every N steps.")
     # memory and devices
+    vae_enable_patch_conv: bool = Field(
+        False,
+        description="Caching: run the VAE's 3D convolutions a few frames at a time (same latents, lower peak "
+        "memory, a little slower). Families with a chunkable VAE only.",
+    )
+    vae_enable_tiling: bool = Field(
+        False,
+        description="Caching: encode in overlapping spatial tiles blended at the seams (much lower peak "
+        "memory, latents differ slightly). Families with a tiling VAE only.",
+    )
     offload_during_startup: bool = Field(
         False, description="Keep only one of text encoder / VAE on the device while caching; free both after."
     )
-    dataloader_num_workers: int = Field(0, ge=0, description="Worker processes for loading cached samples.")
+    attention_backend: str = Field(
+        "native",
+        description="diffusers attention backend: native (torch SDPA), _native_cudnn, _native_flash, flash, "
+        "_flash_3, sage, xformers... (the backend's package must be installed).",
+    )
+    compile_transformer_blocks: bool = Field(
+        False, description="torch.compile the repeated transformer blocks (regional compilation)."
+    )
     num_processes: int = Field(1, ge=1, description="Processes to launch (DDP through accelerate).")
     cpu: bool = Field(False, description="Train on CPU even when a GPU is present (tests, demos).")
     max_sequence_length: int | None = Field(None, ge=1, description="Text tokens. Default: the family's.")
+
+    @field_validator("attention_backend")
+    @classmethod
+    def _backend_known(cls, value: str) -> str:
+        from cinetune.training.speed import check_attention_backend
+
+        return check_attention_backend(value)
 
     @field_validator("validation_resolution")
     @classmethod

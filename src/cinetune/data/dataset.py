@@ -102,6 +102,10 @@ def _make_sample(ctx: _ScanContext, path: Path, captions: list[str]) -> Sample |
         info = probe(path)
     except MediaError as exc:
         return exc.reason
+    if ds.audio is not None and not info.has_audio and not ds.audio.allow_zero_audio:
+        return (
+            "no audio track (the dataset has an audio block; audio.allow_zero_audio: true trains it silent)"
+        )
     avail = resampled_length(info, frame_rate)
     needed = min_frames_needed(ds, rule, default_frames)
     if avail < needed:

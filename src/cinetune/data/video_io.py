@@ -289,10 +289,20 @@ def _even(frames: np.ndarray) -> np.ndarray:
     return np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
 
 
-def write_video(path: Path, frames: np.ndarray, fps: float, audio: None = None, crf: int = 18) -> Path:
-    """Write uint8 (F, H, W, 3) RGB frames as an H.264 yuv420p mp4 (moov first, so browsers stream it)."""
-    if audio is not None:
-        raise ValueError("writing an audio track is not supported yet")
+def write_video(
+    path: Path,
+    frames: np.ndarray,
+    fps: float,
+    audio: np.ndarray | None = None,
+    crf: int = 18,
+    sample_rate: int | None = None,
+) -> Path:
+    """Write uint8 (F, H, W, 3) RGB frames as an H.264 yuv420p mp4 (moov first, so browsers stream it).
+
+    audio: optional (channels, samples) float track in [-1, 1] at `sample_rate`, written as AAC.
+    """
+    if audio is not None and not sample_rate:
+        raise ValueError("an audio track needs its sample_rate")
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"expected uint8 frames of shape (F, H, W, 3), got {frames.dtype} {frames.shape}")
     path = Path(path)
@@ -303,7 +313,15 @@ def write_video(path: Path, frames: np.ndarray, fps: float, audio: None = None, 
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
         stream.options = {"crf": str(crf)}
+        audio_stream = None
+        if audio is not None:
+            from cinetune.data.audio import add_audio_track, write_audio_track
+
+            audio = np.asarray(audio, dtype=np.float32).reshape(-1, np.asarray(audio).shape[-1])
+            audio_stream = add_audio_track(container, audio, int(sample_rate))
         for array in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")))
         container.mux(stream.encode())
+        if audio_stream is not None:
+            write_audio_track(container, audio_stream, audio)
     return path

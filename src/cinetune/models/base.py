@@ -24,6 +24,7 @@ class FrameRule:
 
     temporal_multiple: int
     spatial_multiple: int
+    reason: str = ""  # why the rule holds, added to the adjustment warning
 
     def frames_down(self, num_frames: int) -> int:
         """Largest valid frame count <= num_frames (at least 1)."""
@@ -42,11 +43,12 @@ class FrameRule:
         fixed = self.frames_down(num_frames)
         if fixed != num_frames:
             logger.warning(
-                "%s=%d breaks the frame rule (frames = %dk+1); using %d",
+                "%s=%d breaks the frame rule (frames = %dk+1); using %d%s",
                 what,
                 num_frames,
                 self.temporal_multiple,
                 fixed,
+                f": {self.reason}" if self.reason else "",
             )
         return fixed
 
@@ -106,12 +108,64 @@ class ModelFamily(ABC):
     run_options: ClassVar[frozenset[str]] = frozenset()
     # Image-to-video: validation passes a conditioning image to `generate` (see training/validation.py).
     conditions_on_image: bool = False
+    # Dataset `audio` blocks (audio extraction, audio latents, joint loss) are built for this family.
+    supports_audio: ClassVar[bool] = False
+    # vae_latent_sampling when the config leaves it unset: "sample" (x0 from the posterior) or "mean".
+    default_vae_latent_sampling: ClassVar[str] = "sample"
+
+    @classmethod
+    def make_loader(cls, source: str | None, flavour: Flavour) -> Any:
+        """Where the weights come from; `registry.build_family` calls this (LTX-2 reads a combined file)."""
+        from cinetune.models.loading import ComponentLoader
+
+        return ComponentLoader(source or flavour.repo, flavour.name, flavour.revision)
+
+    def lora_targets(self) -> list[str]:
+        """LoRA target modules when lora_target_modules is unset (may depend on `configure`)."""
+        return list(self.default_lora_targets)
+
+    def load_latent_encoders(self, dtype: torch.dtype) -> dict[str, torch.nn.Module]:
+        """The modules the latent cache encodes samples with (on the CPU); the video VAE by default."""
+        return {"vae": self.load_vae(dtype)}
+
+    def encode_sample(
+        self, encoders: dict[str, torch.nn.Module], sample: Any, window: int, pixels: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """One cache entry of a sample window; pixels (3, F, H, W) in [-1, 1]. Families with audio add
+        theirs."""
+        (tensors,) = self.encode_video(encoders["vae"], pixels.unsqueeze(0))
+        return tensors
+
+    def latent_key_fields(self, sample: Any) -> dict[str, Any]:
+        """Extra fields of a sample's latent cache key (e.g. audio settings); none by default."""
+        return {}
+
+    @classmethod
+    def export_comfyui(cls, output_dir: Any) -> Any:
+        """The ComfyUI / original-format LoRA beside the diffusers file; the path written."""
+        from cinetune.export.lora import export_comfyui
+
+        return export_comfyui(output_dir, cls.comfyui_renames)
+
+    def configure_datasets(self, data: Any) -> None:
+        """Read the dataset config (after `configure`). The base rejects dataset features it does not
+        build."""
+        from cinetune.errors import NotSupportedYet
+
+        if not self.supports_audio and any(getattr(d, "audio", None) for d in data.media):
+            raise NotSupportedYet(f"dataset 'audio' blocks are not supported yet for the {self.name} family")
 
     def configure(self, cfg: Any) -> None:
         """Read the per-run options of the train config. The base rejects those the family does not build."""
         from cinetune.errors import ConfigError, NotSupportedYet
 
-        for key in ("vae_enable_patch_conv", "vae_enable_tiling"):
+        options = (
+            "vae_enable_patch_conv",
+            "vae_enable_tiling",
+            "first_frame_conditioning_p",
+            "ltx2_checkpoint_filename",
+        )
+        for key in options:
             if getattr(cfg, key, False) and key not in self.run_options:
                 raise NotSupportedYet(f"{key} is not supported yet for the {self.name} family")
         if not self.conditions_on_image and (

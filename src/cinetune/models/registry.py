@@ -6,14 +6,14 @@ import difflib
 
 from cinetune.errors import ConfigError
 from cinetune.models.base import Flavour, ModelFamily
-from cinetune.models.loading import ComponentLoader
+from cinetune.models.kandinsky5 import Kandinsky5VideoFamily
 from cinetune.models.ltxvideo import LTXVideoFamily
+from cinetune.models.ltxvideo2 import LTX2Family
 
-FAMILIES: dict[str, type[ModelFamily]] = {cls.name: cls for cls in (LTXVideoFamily,)}
+FAMILIES: dict[str, type[ModelFamily]] = {
+    cls.name: cls for cls in (LTXVideoFamily, Kandinsky5VideoFamily, LTX2Family)
+}
 _NOT_BUILT = {
-    "ltxvideo2": "LTX-2",
-    "kandinsky5-video": "Kandinsky 5 Video",
-    "kandinsky5_video": "Kandinsky 5 Video",
     "wan": "Wan",
     "hunyuanvideo": "HunyuanVideo",
 }
@@ -48,4 +48,4 @@ def resolve_flavour(cls: type[ModelFamily], flavour: str | None) -> Flavour:
 def build_family(name: str, flavour: str | None, pretrained: str | None) -> ModelFamily:
     cls = family_class(name)
     spec = resolve_flavour(cls, flavour)
-    return cls(ComponentLoader(pretrained or spec.repo, spec.name, spec.revision))
+    return cls(cls.make_loader(pretrained, spec))

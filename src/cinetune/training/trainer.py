@@ -21,13 +21,14 @@ from cinetune.cache.builder import CacheBuilder, CacheIndex
 from cinetune.config import LoadedConfig
 from cinetune.data import SkipReport, scan_datasets
 from cinetune.errors import ConfigError
-from cinetune.export.lora import COMFYUI_FILE, export_comfyui, save_diffusers_lora
+from cinetune.export.lora import COMFYUI_FILE, save_diffusers_lora
 from cinetune.models.registry import build_family
 from cinetune.training.batches import Batch, load_batch
 from cinetune.training.checkpoint import Checkpointer, resolve_checkpoint
 from cinetune.training.metrics import MetricsLog, make_progress
 from cinetune.training.optim import build_optimizer, build_scheduler
 from cinetune.training.sampler import Item, check_batchable, epoch_batches
+from cinetune.training.speed import apply_attention_backend, apply_regional_compile
 from cinetune.training.state import TrainState
 from cinetune.training.validation import Validator, condition_images, training_media, validation_prompts
 
@@ -62,6 +63,10 @@ class Trainer:
             self.cfg.model_family, self.cfg.model_flavour, self.cfg.pretrained_model_name_or_path
         )
         self.family.configure(self.cfg)
+        if self.data_cfg is not None:  # None for `cinetune bench`: no dataset
+            self.family.configure_datasets(self.data_cfg)
+        if self.cfg.vae_latent_sampling is None:
+            self.cfg.vae_latent_sampling = self.family.default_vae_latent_sampling
         self.device = self.acc.device
         self.dtype = _DTYPES[self.acc.mixed_precision]
         self.weight_dtype = (
@@ -163,7 +168,7 @@ class Trainer:
         """
         cfg = self.cfg
         transformer.requires_grad_(False)
-        targets = cfg.lora_target_modules or list(self.family.default_lora_targets)
+        targets = cfg.lora_target_modules or self.family.lora_targets()
         self.lora_config = LoraConfig(
             r=cfg.lora_rank,
             lora_alpha=cfg.effective_lora_alpha,
@@ -182,6 +187,9 @@ class Trainer:
             _load_init_lora(transformer, cfg.init_lora)
         if cfg.gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
+        apply_attention_backend(transformer, cfg.attention_backend)
+        if cfg.compile_transformer_blocks:
+            apply_regional_compile(transformer)
         transformer.train()
         optimizer = build_optimizer(params, cfg)
         self.scheduler = build_scheduler(optimizer, cfg, total_steps)
@@ -352,7 +360,7 @@ class Trainer:
                     self.output_dir, self.family.pipeline_class, self.acc.unwrap_model(self.model), config
                 )
             )
-            result["comfyui"] = str(export_comfyui(self.output_dir, self.family.comfyui_renames))
+            result["comfyui"] = str(self.family.export_comfyui(self.output_dir))
             logger.info("LoRA written: %s and %s", result["lora"], self.output_dir / COMFYUI_FILE)
         self.acc.wait_for_everyone()
         self.acc.end_training()

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from cinetune.cache.builder import CacheIndex
-from cinetune.config import TrainConfig
-from cinetune.data import write_video
+from cinetune.config import DatasetConfig, TrainConfig
+from cinetune.data import MediaError, Sample, discover_files, load_pixels, probe, read_window, write_video
 from cinetune.errors import ConfigError
 from cinetune.models.base import ModelFamily
 
@@ -40,6 +40,48 @@ def validation_prompts(cfg: TrainConfig) -> dict[str, str]:
     return prompts
 
 
+def training_media(cfg: TrainConfig, media: list[DatasetConfig]) -> list[DatasetConfig]:
+    """The datasets to train on: all enabled ones but the eval dataset (eval_dataset_id, which must exist)."""
+    if cfg.eval_dataset_id is None:
+        return media
+    if cfg.eval_dataset_id not in {d.id for d in media}:
+        raise ConfigError(
+            f"eval_dataset_id '{cfg.eval_dataset_id}' is not an enabled video or image dataset "
+            f"(have: {', '.join(d.id for d in media)})"
+        )
+    return [d for d in media if d.id != cfg.eval_dataset_id]
+
+
+def condition_images(
+    family: ModelFamily, cfg: TrainConfig, media: list[DatasetConfig], samples: list[Sample], limit: int = 8
+) -> list[np.ndarray] | None:
+    """Conditioning images (uint8 H x W x 3) for image-to-video validation, or None.
+
+    From the eval dataset (its images, or its videos' first frames) when eval_dataset_id is set; else, with
+    validation_using_datasets, the first frames of the first training samples; else None, and the family
+    makes its own (the first frame of a text-to-video generation).
+    """
+    if not getattr(family, "conditions_on_image", False):
+        return None
+    if cfg.eval_dataset_id is not None:
+        dataset = next(d for d in media if d.id == cfg.eval_dataset_id)
+        images = []
+        for path in discover_files(dataset)[:limit]:
+            try:
+                info = probe(path)
+                size = (info.width, info.height)
+                images.append(read_window(path, info, 0, 1, info.fps or cfg.frame_rate, size)[0])
+            except MediaError as exc:
+                logger.warning("eval dataset '%s': skipping %s (%s)", dataset.id, path, exc.reason)
+        if not images:
+            raise ConfigError(f"eval_dataset_id '{dataset.id}': no readable image or video")
+        return images
+    if cfg.validation_using_datasets:
+        firsts = [load_pixels(sample, 0)[:, 0] for sample in samples[:limit]]
+        return [((f.permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy() for f in firsts]
+    return None
+
+
 class Validator:
     def __init__(
         self,
@@ -51,8 +93,10 @@ class Validator:
         device: torch.device,
         dtype: torch.dtype,
         offload_vae: bool,
+        condition_images: list[np.ndarray] | None = None,
     ) -> None:
         self.family, self.cfg, self.cache = family, cfg, cache
+        self.condition_images = condition_images
         self.vae, self.scheduler = vae, scheduler
         self.device, self.dtype, self.offload_vae = device, dtype, offload_vae
         self.prompts = validation_prompts(cfg)
@@ -85,8 +129,12 @@ class Validator:
         negative = self.cache.text_embeds(self.cfg.validation_negative_prompt)
         written = []
         seed = self.cfg.validation_seed if self.cfg.validation_seed is not None else self.cfg.seed
-        for name, prompt in self.prompts.items():
+        for number, (name, prompt) in enumerate(self.prompts.items()):
             positive = self.cache.text_embeds(prompt)
+            # Only image-to-video families take (and get) a conditioning image; prompt k uses image k mod n.
+            extra = {}
+            if self.condition_images:
+                extra["image"] = self.condition_images[number % len(self.condition_images)]
             for width, height in self.sizes:
                 generator = torch.Generator(device="cpu").manual_seed(seed)
                 with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
@@ -102,10 +150,13 @@ class Validator:
                         frame_rate=self.cfg.frame_rate,
                         generator=generator,
                         device=self.device,
+                        **extra,
                     )
                 video = (np.clip(result.frames, 0, 1) * 255).round().astype(np.uint8)
                 path = folder / f"{name}_{width}x{height}.mp4"
-                write_video(path, video, self.cfg.frame_rate, audio=result.audio)
+                write_video(
+                    path, video, self.cfg.frame_rate, audio=result.audio, sample_rate=result.sample_rate
+                )
                 written.append(path)
                 if on_video is not None:
                     on_video(f"{name}_{width}x{height}", video)

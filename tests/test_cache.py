@@ -85,7 +85,7 @@ def test_interrupted_build_resumes_and_captions_are_shared(
     monkeypatch.setattr(family, "encode_video", real)
     _, _, again = _setup(tmp_path, clips_dir, make_config)
     index = again.build(samples)
-    assert index.stats["latent_encoded"] == len(samples) - 2
+    assert index.stats["latent_encoded"] == sum(len(s.window_starts) for s in samples) - 2
     assert index.stats["text_encoded"] == 0  # all captions were written before the VAE phase
     # one embedding per distinct caption line, plus the empty caption used for caption dropout
     captions = {c for s in samples for c in s.captions}

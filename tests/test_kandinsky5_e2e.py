@@ -115,7 +115,8 @@ def test_train_resume_export_and_load_into_pipeline(
     assert "4k+1 frames, sides multiple of 16" in capsys.readouterr().out
     assert main(["cache"]) == 0
     latents = list(Path("cache/vae/videos").rglob("*.safetensors"))
-    assert len(latents) == 4 and not Path("cache/vae/eval").exists()  # the eval dataset is not trained on
+    # 4 clips x 4 windows (windows_per_clip default); the eval dataset is not trained on
+    assert len(latents) == 4 * 4 and not Path("cache/vae/eval").exists()
     entry = load_file(str(latents[0]))
     assert entry["latents"].shape == (16, 3, 8, 12)
     assert ("image_latents" in entry) == i2v

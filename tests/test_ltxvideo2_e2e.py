@@ -121,7 +121,7 @@ def test_quickstart_ltx2_with_audio_trains_resumes_validates_and_exports(
     report = (out / "data_report.txt").read_text()
     assert "silent.mp4" in report and "no audio track" in report
     entries = list(Path("cache/vae/ltxvideo2/clips").rglob("*.safetensors"))
-    assert len(entries) == 4
+    assert len(entries) == 4 * 4  # 4 clips x 4 windows (windows_per_clip default)
     entry = load_file(str(entries[0]))
     assert entry["latents"].shape == (16, 8, 2, 3)  # 57 frames -> 8 latent frames, 64x96 -> 2x3
     assert entry["audio_latents"].shape == (57, 32) and bool(

@@ -46,11 +46,12 @@ class VideoOptions(BaseModel):
         "so fewer distinct frame buckets form.",
     )
     windows_per_clip: int = Field(
-        1,
+        4,
         ge=1,
         le=64,
-        description="Distinct random frame windows cached per clip; epoch e trains on window e mod N. "
-        "1 caches a single window (random start drawn from the seed).",
+        description="Distinct random frame windows (start drawn from the seed) cached per clip, so the start "
+        "changes with the epoch: epoch e trains on window e mod N. A clip with fewer possible starts gets "
+        "fewer. 1: one window per clip, as other trainers cache.",
     )
 
     @model_validator(mode="after")

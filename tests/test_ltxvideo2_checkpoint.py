@@ -294,3 +294,23 @@ def test_ltx_core_video_vae_and_connectors_match(tmp_path: Path) -> None:
     torch.testing.assert_close(video, ref_video, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(audio, ref_audio, atol=1e-5, rtol=1e-5)
     assert out_mask.sum() == length  # registers fill every padded position
+
+
+def test_header_defaults_follow_ltx_core(combined: Path) -> None:
+    """Keys missing from the header: RoPE 'split' (ltx-core, the 19B header) and a LeakyReLU vocoder for
+    resblock '1' (ltx-core reads `activation` only for AMP1)."""
+    from cinetune.models.ltxvideo2 import configs
+    from cinetune.models.ltxvideo2.convert import component_keys, diffusers_key_map
+
+    def shapes(component: str) -> dict:
+        with safe_open(str(combined), framework="pt") as handle:
+            mapping = diffusers_key_map(component_keys(list(handle.keys()), component), component)
+            return {new: tuple(handle.get_slice(old).get_shape()) for old, new in mapping.items()}
+
+    transformer, vocoder = shapes("transformer"), shapes("vocoder")
+    assert configs.transformer_config(None, transformer)["rope_type"] == "split"
+    assert configs.transformer_config({"transformer": {}}, transformer)["rope_type"] == "split"
+    assert configs.vocoder_config({"vocoder": {"resblock": "1"}}, vocoder)["act_fn"] == "leaky_relu"
+    assert configs.vocoder_config({"vocoder": {}}, vocoder)["act_fn"] == "leaky_relu"
+    amp = configs.vocoder_config({"vocoder": {"resblock": "AMP1", "activation": "snake"}}, vocoder)
+    assert amp["act_fn"] == "snake"

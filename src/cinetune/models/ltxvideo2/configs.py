@@ -92,13 +92,13 @@ def transformer_config(meta: dict[str, Any] | None, shapes: Shapes) -> dict[str,
     }
     if "caption_projection.linear_1.weight" in shapes:
         config["caption_channels"] = shapes["caption_projection.linear_1.weight"][1]
-    if meta is None:  # published LTX-2.0 diffusers config (rope, cross-attention gate scale)
+    if meta is None:  # LTX-2.0 as published (diffusers' 2.0 conversion config, the 19B file's header)
         config.update(
-            rope_type="interleaved", rope_double_precision=True, cross_attn_timestep_scale_multiplier=1000
+            rope_type="split", rope_double_precision=True, cross_attn_timestep_scale_multiplier=1000
         )
     else:
         config.update(
-            rope_type=t.get("rope_type", "interleaved"),
+            rope_type=t.get("rope_type", "split"),  # ltx-core's default
             rope_double_precision=t.get("frequencies_precision", False) == "float64",
             cross_attn_timestep_scale_multiplier=t.get("av_ca_timestep_scale_multiplier", 1),
         )
@@ -137,12 +137,12 @@ def connectors_config(meta: dict[str, Any] | None, shapes: Shapes) -> dict[str, 
             proj_bias="video_text_proj_in.bias" in shapes,
         )
     if meta is None:
-        config.update(connector_rope_base_seq_len=4096, rope_type="interleaved", rope_double_precision=True)
+        config.update(connector_rope_base_seq_len=4096, rope_type="split", rope_double_precision=True)
     else:
         config.update(
             connector_rope_base_seq_len=t.get("connector_positional_embedding_max_pos", [1])[0],
             rope_theta=t.get("positional_embedding_theta", 10000.0),
-            rope_type=t.get("rope_type", "interleaved"),
+            rope_type=t.get("rope_type", "split"),  # ltx-core's default
             rope_double_precision=t.get("frequencies_precision", False) == "float64",
         )
     return config
@@ -254,10 +254,8 @@ def vocoder_config(meta: dict[str, Any] | None, shapes: Shapes) -> dict[str, Any
         raise NotSupportedYet(
             "this checkpoint's vocoder has a bandwidth-extension stage (LTX-2.3): not supported yet"
         )
-    if meta is None:
-        activation = "leaky_relu"
-    else:
-        activation = v.get("activation", "snake")
+    # ltx-core reads `activation` only for the AMP1 resblock; LTX-2.0's resblock "1" is always LeakyReLU.
+    activation = v.get("activation", "snake") if v.get("resblock") == "AMP1" else "leaky_relu"
     return {
         "in_channels": shapes["conv_in.weight"][1],
         "hidden_channels": shapes["conv_in.weight"][0],

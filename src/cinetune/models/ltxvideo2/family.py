@@ -149,6 +149,14 @@ class LTX2Family(ModelFamily):
             flavour = self.flavours[self.loader.flavour]
             self.loader = LTX2Loader(self.loader.source, flavour, cfg.ltx2_checkpoint_filename)
         self.max_sequence_length = cfg.max_sequence_length or self.default_max_sequence_length
+        if self.max_sequence_length != self.default_max_sequence_length:
+            logger.warning(
+                "max_sequence_length=%d: LTX2Pipeline and ltx-core encode prompts at %d tokens and the "
+                "connectors' registers and RoPE depend on that length, so this LoRA trains on a text "
+                "context that inference elsewhere will not reproduce",
+                self.max_sequence_length,
+                self.default_max_sequence_length,
+            )
         self.first_frame_p = cfg.first_frame_conditioning_p
         self.eval_dataset_id = getattr(cfg, "eval_dataset_id", None)
 

@@ -339,3 +339,38 @@ def test_validation_generates_t2v_and_i2v_from_cached_embeddings(
         image=image,
     )
     assert video.frames.shape == (17, 64, 96, 3) and t2v_calls == [1] and np.isfinite(video.frames).all()
+
+
+def test_nabla_flavours_use_flex_attention_and_reject_other_backends() -> None:
+    family = build_family("kandinsky5-video", "t2v-lite-sft-10s", None)
+    assert family.frame_rule.spatial_multiple == 128
+    cfg = _config(model_flavour="t2v-lite-sft-10s")
+    family.configure(cfg)
+    assert cfg.attention_backend == "flex"
+    with pytest.raises(ConfigError, match="needs attention_backend 'flex'"):
+        family.configure(_config(model_flavour="t2v-lite-sft-10s", attention_backend="_native_math"))
+    regular = _config()
+    build_family("kandinsky5-video", "t2v-lite-sft-5s", None).configure(regular)
+    assert regular.attention_backend == "native"
+
+
+def test_i2v_rejects_samples_without_frames_after_the_first(tmp_path: Path) -> None:
+    from cinetune.config.load import build_data_config
+
+    family = build_family("kandinsky5-video", "tiny-i2v", None)
+    images = build_data_config(
+        [{"id": "stills", "dataset_type": "image", "instance_data_dir": str(tmp_path)}]
+    )
+    with pytest.raises(ConfigError, match="at least 5 frames"):
+        family.configure_datasets(images)
+    clips = build_data_config(
+        [
+            {
+                "id": "clips",
+                "dataset_type": "video",
+                "instance_data_dir": str(tmp_path),
+                "video": {"num_frames": 17},
+            }
+        ]
+    )
+    family.configure_datasets(clips)  # long enough: accepted

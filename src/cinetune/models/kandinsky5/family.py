@@ -81,6 +81,10 @@ _NABLA = {
 }
 _LITE_10S = {**_LITE, **_NABLA, "attention_P": 0.9}
 _PRO_10S = {**_PRO, **_NABLA, "attention_P": 0.7}
+# kandinsky-5 configs/k5_pro_{t2v,i2v}_5s_sft_hd.yaml: the HD Pro 5 s models use NABLA too (P 0.8). The Hub
+# configs could not be read here; a NABLA table entry only makes sides stricter (%128, also %16) and is what
+# `cinetune bench` builds. Training itself follows the loaded transformer's own config.
+_PRO_5S_HD = {**_PRO, **_NABLA, "attention_P": 0.8}
 
 
 def _flavour(name: str, repo: str | None, what: str, arch: dict, i2v: bool = False) -> Flavour:
@@ -95,16 +99,19 @@ _FLAVOURS = [
     _flavour(
         "t2v-lite-pretrain-10s", "T2V-Lite-pretrain-10s", "Lite 2B text-to-video, pretrain, 10 s", _LITE_10S
     ),
-    _flavour("t2v-pro-sft-5s-hd", "T2V-Pro-sft-5s", "Pro 19B text-to-video, SFT, 5 s, HD", _PRO),
+    _flavour("t2v-pro-sft-5s-hd", "T2V-Pro-sft-5s", "Pro 19B text-to-video, SFT, 5 s, HD", _PRO_5S_HD),
     _flavour(
-        "t2v-pro-pretrain-5s-hd", "T2V-Pro-pretrain-5s", "Pro 19B text-to-video, pretrain, 5 s, HD", _PRO
+        "t2v-pro-pretrain-5s-hd",
+        "T2V-Pro-pretrain-5s",
+        "Pro 19B text-to-video, pretrain, 5 s, HD",
+        _PRO_5S_HD,
     ),
     _flavour("t2v-pro-sft-10s-hd", "T2V-Pro-sft-10s", "Pro 19B text-to-video, SFT, 10 s, HD", _PRO_10S),
     _flavour(
         "t2v-pro-pretrain-10s-hd", "T2V-Pro-pretrain-10s", "Pro 19B text-to-video, pretrain, 10 s", _PRO_10S
     ),
     _flavour("i2v-lite-5s", "I2V-Lite-5s", "Lite 2B image-to-video, 5 s", _LITE, i2v=True),
-    _flavour("i2v-pro-sft-5s", "I2V-Pro-sft-5s", "Pro 19B image-to-video, SFT, 5 s", _PRO, i2v=True),
+    _flavour("i2v-pro-sft-5s", "I2V-Pro-sft-5s", "Pro 19B image-to-video, SFT, 5 s", _PRO_5S_HD, i2v=True),
     _flavour(
         "tiny", None, "Tiny random text-to-video model built in memory (tests)", tiny.TINY_TRANSFORMER_CONFIG
     ),
@@ -166,11 +173,39 @@ class Kandinsky5VideoFamily(ModelFamily):
             self.frame_rule = FrameRule(temporal_multiple=4, spatial_multiple=128)
         self.vae_patch_conv = False
         self.vae_tiling = False
+        self.eval_dataset_id: str | None = None
 
     def configure(self, cfg: Any) -> None:
         super().configure(cfg)
         self.vae_patch_conv = bool(getattr(cfg, "vae_enable_patch_conv", False))
         self.vae_tiling = bool(getattr(cfg, "vae_enable_tiling", False))
+        self.eval_dataset_id = getattr(cfg, "eval_dataset_id", None)
+        if self.flavours[self.loader.flavour].extra.get("sparse_attention"):
+            # NABLA builds a flex-attention BlockMask: only diffusers' flex backend can run it.
+            if cfg.attention_backend not in ("native", "flex"):
+                raise ConfigError(
+                    f"attention_backend '{cfg.attention_backend}': the {self.loader.flavour} model uses "
+                    "NABLA sparse attention, which needs attention_backend 'flex'"
+                )
+            if cfg.attention_backend == "native":
+                logger.info("NABLA sparse attention: using diffusers' flex attention backend")
+                cfg.attention_backend = "flex"
+
+    def configure_datasets(self, data: Any) -> None:
+        """Image-to-video conditions on latent frame 0 and trains the others: a clip needs 2 latent frames."""
+        super().configure_datasets(data)
+        if not self.conditions_on_image:
+            return
+        for ds in data.media:
+            if ds.id == self.eval_dataset_id:
+                continue  # conditioning images for validation, not trained on
+            frames = min(ds.video.num_frames, ds.video.min_frames or ds.video.num_frames) if ds.video else 1
+            if frames < 5:
+                raise ConfigError(
+                    f"dataset '{ds.id}': the image-to-video flavour {self.loader.flavour} trains on the "
+                    f"frames after the first, so samples need at least 5 frames (got {frames}; image "
+                    "datasets cannot train it)"
+                )
 
     def component_identity(self, kind: str) -> str:
         if kind == "text":
@@ -391,6 +426,8 @@ class Kandinsky5VideoFamily(ModelFamily):
             share = float(inputs.loss_mask.sum())
             total = total + flow_loss(pred, inputs.target, inputs.loss_mask) * share
             weight += share
+        if weight == 0:  # every token was a conditioning frame: nothing to learn, and no 0/0
+            return total
         return total / weight
 
     # ---- validation and export ---------------------------------------------------------------------------

@@ -139,3 +139,32 @@ def test_keys_lists_every_field_with_its_description(capsys) -> None:
     for name in ("validation_num_video_frames", "bucket_strategy", "caption_strategy", "lora_target_modules"):
         assert name in out
     assert all(field.description for field in TrainConfig.model_fields.values())
+
+
+@pytest.mark.parametrize(
+    ("dataset", "match"),
+    [
+        ({"cache_dir": "cache/x"}, "cache_dir has no effect on a video dataset"),
+        ({"instance_prompt": "a dog"}, "instance_prompt"),
+        ({"video": {"num_frames": 9, "frame_interval": 4}}, "frame_interval"),
+    ],
+)
+def test_keys_without_effect_are_rejected(
+    tmp_path: Path, clips_dir: Path, make_config, dataset, match
+) -> None:
+    path = make_config(tmp_path, clips_dir, None, dataset=dataset)
+    with pytest.raises(ConfigError, match=match):
+        load_config(path)
+
+
+def test_pissa_and_a_second_text_embeds_dataset_are_rejected(
+    tmp_path: Path, clips_dir: Path, make_config
+) -> None:
+    with pytest.raises(ConfigError, match="lora_init_type"):
+        load_config(make_config(tmp_path, clips_dir, None, lora_init_type="pissa"))
+    path = make_config(tmp_path, clips_dir, None)
+    backend = json.loads((tmp_path / "config" / "multidatabackend.json").read_text())
+    backend.append({"id": "more-embeds", "dataset_type": "text_embeds", "cache_dir": str(tmp_path / "t2")})
+    (tmp_path / "config" / "multidatabackend.json").write_text(json.dumps(backend))
+    with pytest.raises(ConfigError, match="only one text_embeds dataset is used"):
+        load_config(path)

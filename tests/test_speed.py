@@ -28,7 +28,9 @@ def _losses(**overrides) -> list[float]:
     )
     trainer = Trainer(LoadedConfig(train=cfg, data=None, config_path=None))
     config = trainer.family.architecture_config()
-    trainer.setup_model(trainer.family.load_transformer(torch.float32), total_steps=10)
+    transformer = trainer.family.load_transformer(torch.float32)
+    torch.manual_seed(0)  # the same LoRA init in every run
+    trainer.setup_model(transformer, total_steps=10)
     torch.manual_seed(0)
     batch: Batch = synthetic_batch(trainer, config, (64, 64), 9, 2)
     return [trainer.optimizer_step([batch])[0] for _ in range(3)]

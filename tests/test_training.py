@@ -45,6 +45,11 @@ def test_resumed_run_matches_uninterrupted(tmp_path: Path, clips_dir: Path, make
         "lr_scheduler": "cosine",
         "lr_warmup_steps": 2,
         "dataset": {"video": {"num_frames": 9, "windows_per_clip": 2}},
+        # validation loads a VAE while the run starts: it must not disturb the restored RNG states
+        "validation_prompt": "a red square",
+        "validation_resolution": "64x64",
+        "validation_num_video_frames": 9,
+        "validation_num_inference_steps": 2,
     }
     full = _train(tmp_path / "full", clips_dir, make_config, max_train_steps=8, **common)
     real_periodic = Trainer.periodic
@@ -92,3 +97,31 @@ def test_bf16_run_is_finite(tmp_path: Path, clips_dir: Path, make_config) -> Non
         gradient_checkpointing=True,
     )
     assert all(abs(loss) < 100 for loss in result["losses"])
+
+
+def test_fewer_batches_than_accumulation_is_a_clear_error(
+    tmp_path: Path, clips_dir: Path, make_config
+) -> None:
+    from cinetune.errors import DataError
+
+    with pytest.raises(DataError, match="gradient_accumulation_steps"):
+        _train(
+            tmp_path,
+            clips_dir,
+            make_config,
+            train_batch_size=2,
+            gradient_accumulation_steps=4,
+            dataset={"video": {"num_frames": 9, "windows_per_clip": 1}},
+        )
+
+
+def test_resume_with_another_lora_setup_is_a_config_error(
+    tmp_path: Path, clips_dir: Path, make_config
+) -> None:
+    from cinetune.errors import ConfigError
+
+    _train(tmp_path, clips_dir, make_config, max_train_steps=2, checkpointing_steps=1)
+    with pytest.raises(ConfigError, match="use the same lora_rank"):
+        _train(
+            tmp_path, clips_dir, make_config, max_train_steps=3, lora_rank=8, resume_from_checkpoint="latest"
+        )

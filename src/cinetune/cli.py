@@ -137,7 +137,10 @@ def cmd_export(args: argparse.Namespace, extra: list[str]) -> int:
     family_name = args.model_family
     snapshot = output_dir / "cinetune_config.json"
     if family_name is None and snapshot.exists():
-        family_name = json.loads(snapshot.read_text())["model_family"]
+        try:
+            family_name = json.loads(snapshot.read_text())["model_family"]
+        except (json.JSONDecodeError, KeyError) as exc:
+            raise ConfigError(f"export: {snapshot} is damaged ({exc}); pass --model_family") from exc
     if family_name is None:
         raise ConfigError(f"export: {snapshot} not found; pass --model_family")
     if args.format == "diffusers":

@@ -160,6 +160,7 @@ class DatasetConfig(BaseModel):
     def _check(self) -> DatasetConfig:
         if self.disabled:
             return self
+        self._check_keys_apply()
         if self.dataset_type in ("video", "image") and self.instance_data_dir is None:
             raise ValueError(
                 f"dataset '{self.id}': instance_data_dir is required for a {self.dataset_type} dataset"
@@ -179,6 +180,28 @@ class DatasetConfig(BaseModel):
         if self.dataset_type == "image" and self.video is not None:
             raise ValueError(f"dataset '{self.id}': an image dataset takes no `video` block")
         return self
+
+    def _check_keys_apply(self) -> None:
+        """Every key a user sets must do something for this kind of dataset: reject those that would not."""
+        given = self.model_fields_set
+        if self.dataset_type == "text_embeds":
+            allowed = {"id", "type", "dataset_type", "default", "disabled", "cache_dir", "write_batch_size"}
+            useless = sorted(given - allowed)
+        else:
+            useless = sorted(given & {"cache_dir", "default", "write_batch_size"})
+            if "instance_prompt" in given and self.caption_strategy != "instanceprompt":
+                useless.append("instance_prompt (only with caption_strategy 'instanceprompt')")
+            if "metadata_file" in given and self.caption_strategy not in ("jsonl", "csv"):
+                useless.append("metadata_file (only with caption_strategy 'jsonl' or 'csv')")
+            video = self.video
+            if video is not None and video.bucket_strategy == "aspect_ratio" and video.frame_interval != 1:
+                useless.append("video.frame_interval (only with bucket_strategy 'resolution_frames')")
+        if useless:
+            hint = " (latents go to cache_dir_vae)" if "cache_dir" in useless else ""
+            raise ValueError(
+                f"dataset '{self.id}': {', '.join(useless)} has no effect on a {self.dataset_type} dataset"
+                f"{hint}; remove it"
+            )
 
     @property
     def is_media(self) -> bool:
@@ -203,8 +226,11 @@ class DataBackendConfig(BaseModel):
                 "no enabled video or image dataset: add one with dataset_type 'video' or 'image'"
             )
         embeds = [d for d in self.datasets if d.dataset_type == "text_embeds" and not d.disabled]
-        if len([d for d in embeds if d.default]) > 1:
-            raise ValueError("only one text_embeds dataset may have default=true")
+        if len(embeds) > 1:
+            raise ValueError(
+                f"only one text_embeds dataset is used, found {len(embeds)} enabled "
+                f"({', '.join(d.id for d in embeds)}): disable or remove the others"
+            )
         return self
 
     @property

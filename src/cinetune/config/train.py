@@ -110,8 +110,11 @@ class TrainConfig(BaseModel):
         None, description="Module names to adapt. Default: the family's attention projections."
     )
     init_lora: Path | None = Field(None, description="Start from the weights of this LoRA .safetensors file.")
-    lora_init_type: Literal["default", "gaussian", "pissa", "olora"] = Field(
-        "default", description="LoRA init (peft init_lora_weights); default: A random, B zero."
+    lora_init_type: Literal["default", "gaussian"] = Field(
+        "default",
+        description="LoRA init (peft init_lora_weights): default (A random, B zero) or gaussian. "
+        "PiSSA/OLoRA are not supported: they rewrite the frozen weights, so an exported LoRA would not fit "
+        "the base model.",
     )
     # checkpoints
     checkpointing_steps: int | None = Field(
@@ -135,7 +138,11 @@ class TrainConfig(BaseModel):
     validation_guidance: float = Field(
         3.0, ge=0, description="Classifier-free guidance scale for validation."
     )
-    validation_num_inference_steps: int = Field(30, ge=1, description="Denoising steps for validation.")
+    validation_num_inference_steps: int = Field(
+        30,
+        ge=2,
+        description="Denoising steps for validation (at least 2: the LTX schedulers' terminal shift).",
+    )
     validation_seed: int | None = Field(None, description="Seed of the validation noise. Default: seed.")
     disable_validation: bool = Field(False, description="Never generate validation videos.")
     validation_using_datasets: bool = Field(

@@ -7,8 +7,10 @@ branches on a family name.
 
 from __future__ import annotations
 
+import functools
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -16,6 +18,18 @@ import numpy as np
 import torch
 
 logger = logging.getLogger(__name__)
+
+
+def keeps_global_rng(build: Callable[..., Any]) -> Callable[..., Any]:
+    """For tiny-model builders that seed torch: loading a model must not reseed the run's global RNG
+    (LoRA init, dropout, a resumed run's restored states)."""
+
+    @functools.wraps(build)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with torch.random.fork_rng():
+            return build(*args, **kwargs)
+
+    return wrapper
 
 
 @dataclass(frozen=True)

@@ -66,8 +66,12 @@ class Checkpointer:
             save_file(lora, str(tmp / LORA_FILE))
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+            if acc.scaler is not None:  # fp16: the loss scale and its growth tracker
+                torch.save(acc.scaler.state_dict(), tmp / "scaler.pt")
             (tmp / "state.json").write_text(
-                json.dumps({**state.state_dict(), "world_size": acc.num_processes})
+                json.dumps(
+                    {**state.state_dict(), "world_size": acc.num_processes, "lora": _lora_shape(model)}
+                )
             )
         acc.wait_for_everyone()
         torch.save(rng_state(state.generator), tmp / f"rng_{acc.process_index}.pt")
@@ -91,11 +95,30 @@ class Checkpointer:
     def load(
         self, path: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any, state: TrainState
     ) -> None:
+        """Restore everything `save` wrote; a checkpoint that does not fit this run is a ConfigError."""
+        try:
+            self._load(path, model, optimizer, scheduler, state)
+        except (OSError, RuntimeError, EOFError, ValueError, KeyError) as exc:
+            raise ConfigError(
+                f"cannot resume from {path}: {str(exc).splitlines()[0]} (a checkpoint of another LoRA setup, "
+                "or damaged: resume from another checkpoint or start without resume_from_checkpoint)"
+            ) from exc
+        logger.info("resumed from %s at step %d", path, state.step)
+
+    def _load(
+        self, path: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any, state: TrainState
+    ) -> None:
+        acc = self.accelerator
         meta = json.loads((path / "state.json").read_text())
-        if meta.get("world_size", 1) != self.accelerator.num_processes:
+        if meta.get("world_size", 1) != acc.num_processes:
             raise ConfigError(
                 f"checkpoint {path} was written by {meta.get('world_size')} process(es); resume it "
-                f"with the same number (now {self.accelerator.num_processes})"
+                f"with the same number (now {acc.num_processes})"
+            )
+        if "lora" in meta and meta["lora"] != _lora_shape(model):
+            raise ConfigError(
+                f"checkpoint {path} holds a LoRA of {meta['lora']}; this run asks for {_lora_shape(model)}: "
+                "use the same lora_rank, lora_alpha and lora_target_modules to resume"
             )
         lora = load_file(str(path / LORA_FILE))
         result = set_peft_model_state_dict(model, lora)
@@ -105,8 +128,13 @@ class Checkpointer:
             )
         optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
         scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+        if acc.scaler is not None and (path / "scaler.pt").exists():
+            acc.scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=False))
         state.load_state_dict(meta)
-        load_rng_state(
-            torch.load(path / f"rng_{self.accelerator.process_index}.pt", weights_only=False), state.generator
-        )
-        logger.info("resumed from %s at step %d", path, state.step)
+        load_rng_state(torch.load(path / f"rng_{acc.process_index}.pt", weights_only=False), state.generator)
+
+
+def _lora_shape(model: torch.nn.Module) -> dict[str, Any]:
+    """Rank, alpha and target modules of the model's LoRA adapter: what a checkpoint must match."""
+    config = model.peft_config["default"]
+    return {"r": config.r, "lora_alpha": config.lora_alpha, "target_modules": sorted(config.target_modules)}

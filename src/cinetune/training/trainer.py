@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from cinetune.cache.builder import CacheBuilder, CacheIndex
 from cinetune.config import LoadedConfig
 from cinetune.data import SkipReport, scan_datasets
-from cinetune.errors import ConfigError
+from cinetune.errors import ConfigError, DataError
 from cinetune.export.lora import COMFYUI_FILE, save_diffusers_lora
 from cinetune.models.registry import build_family
 from cinetune.training.batches import Batch, load_batch
@@ -140,15 +140,16 @@ class Trainer:
                 self.items, cfg.train_batch_size, cfg.seed, 0, self.acc.process_index, self.acc.num_processes
             )
         )
-        self.steps_per_epoch = max(1, batches // cfg.gradient_accumulation_steps)
+        if batches < cfg.gradient_accumulation_steps:
+            raise DataError(
+                f"an epoch has {batches} batch(es) per process but gradient_accumulation_steps is "
+                f"{cfg.gradient_accumulation_steps}: lower gradient_accumulation_steps or train_batch_size, "
+                "raise the dataset's repeats, or add clips"
+            )
+        self.steps_per_epoch = batches // cfg.gradient_accumulation_steps
         self.total_steps = cfg.max_train_steps or cfg.num_train_epochs * self.steps_per_epoch
         self.setup_model(self.family.load_transformer(self.weight_dtype), self.total_steps)
         self.checkpointer = Checkpointer(self.output_dir, cfg.checkpoints_total_limit, self.acc)
-        resume = resolve_checkpoint(self.output_dir, cfg.resume_from_checkpoint)
-        if resume is not None:
-            self.checkpointer.load(
-                resume, self.acc.unwrap_model(self.model), self.optimizer, self.scheduler, self.state
-            )
         self.validator = self._make_validator()
         self.metrics = MetricsLog(self.output_dir, self.acc, cfg.report_to != "none")
         if cfg.report_to != "none":
@@ -159,6 +160,12 @@ class Trainer:
                 project or cfg.tracker_project_name,
                 config=_flat_config(cfg),
                 init_kwargs={"wandb": {"name": run}} if run and cfg.report_to == "wandb" else {},
+            )
+        # Last, so that nothing after it (loading the validation VAE...) consumes the restored RNG states.
+        resume = resolve_checkpoint(self.output_dir, cfg.resume_from_checkpoint)
+        if resume is not None:
+            self.checkpointer.load(
+                resume, self.acc.unwrap_model(self.model), self.optimizer, self.scheduler, self.state
             )
 
     def setup_model(self, transformer: torch.nn.Module, total_steps: int) -> None:
@@ -215,7 +222,27 @@ class Trainer:
             self.dtype,
             offload_vae=cfg.offload_during_startup,
             condition_images=condition_images(self.family, cfg, self.data_cfg.media, self.samples),
+            frame_rate=self._training_frame_rate(),
         )
+
+    def _training_frame_rate(self) -> float:
+        """The fps the model trains at (RoPE): validation generates and writes its videos at the same one."""
+        rates = sorted({s.frame_rate for s in self.samples})
+        if len(rates) == 1 and rates[0] != self.cfg.frame_rate:
+            logger.warning(
+                "datasets train at %g fps (video.frame_rate) but frame_rate is %g: validation uses %g fps",
+                rates[0],
+                self.cfg.frame_rate,
+                rates[0],
+            )
+            return rates[0]
+        if len(rates) > 1:
+            logger.warning(
+                "datasets train at several frame rates %s; validation uses frame_rate=%g",
+                rates,
+                self.cfg.frame_rate,
+            )
+        return self.cfg.frame_rate
 
     # ---- the loop ------------------------------------------------------------------------------------------
     def train(self) -> None:
@@ -368,14 +395,17 @@ class Trainer:
 
 
 def _peft_init(kind: str) -> Any:
-    return {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}[kind]
+    return {"default": True, "gaussian": "gaussian"}[kind]
 
 
 def _load_init_lora(model: torch.nn.Module, path: Path) -> None:
     if not Path(path).exists():
         raise ConfigError(f"init_lora: file not found: {path}")
-    state = {k.removeprefix("transformer."): v for k, v in load_file(str(path)).items()}
-    result = set_peft_model_state_dict(model, state)
+    try:
+        state = {k.removeprefix("transformer."): v for k, v in load_file(str(path)).items()}
+        result = set_peft_model_state_dict(model, state)
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise ConfigError(f"init_lora: cannot use {path}: {str(exc).splitlines()[0]}") from exc
     if getattr(result, "unexpected_keys", None):
         raise ConfigError(
             f"init_lora: {path} does not match this model / lora_target_modules "

@@ -94,8 +94,10 @@ class Validator:
         dtype: torch.dtype,
         offload_vae: bool,
         condition_images: list[np.ndarray] | None = None,
+        frame_rate: float | None = None,
     ) -> None:
         self.family, self.cfg, self.cache = family, cfg, cache
+        self.frame_rate = frame_rate or cfg.frame_rate
         self.condition_images = condition_images
         self.vae, self.scheduler = vae, scheduler
         self.device, self.dtype, self.offload_vae = device, dtype, offload_vae
@@ -147,16 +149,14 @@ class Validator:
                         num_frames=self.num_frames,
                         guidance_scale=self.cfg.validation_guidance,
                         num_inference_steps=self.cfg.validation_num_inference_steps,
-                        frame_rate=self.cfg.frame_rate,
+                        frame_rate=self.frame_rate,
                         generator=generator,
                         device=self.device,
                         **extra,
                     )
                 video = (np.clip(result.frames, 0, 1) * 255).round().astype(np.uint8)
                 path = folder / f"{name}_{width}x{height}.mp4"
-                write_video(
-                    path, video, self.cfg.frame_rate, audio=result.audio, sample_rate=result.sample_rate
-                )
+                write_video(path, video, self.frame_rate, audio=result.audio, sample_rate=result.sample_rate)
                 written.append(path)
                 if on_video is not None:
                     on_video(f"{name}_{width}x{height}", video)

@@ -35,6 +35,8 @@ from transformers import (
 )
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
+from cinetune.models.base import keeps_global_rng
+
 TINY_QWEN_DIM = 32
 TINY_CLIP_DIM = 32
 TINY_TRANSFORMER_CONFIG = {
@@ -120,6 +122,7 @@ def tiny_clip_tokenizer() -> CLIPTokenizer:
     return CLIPTokenizer(vocab=vocab, merges=[])
 
 
+@keeps_global_rng
 def tiny_components(seed: int = 0) -> dict:
     """Fresh tiny components with deterministic random weights (the keys of Kandinsky5T2VPipeline)."""
     tokenizer, tokenizer_2 = tiny_qwen_tokenizer(), tiny_clip_tokenizer()

@@ -18,6 +18,8 @@ from diffusers import (
 )
 from transformers import T5Config, T5EncoderModel, T5Tokenizer
 
+from cinetune.models.base import keeps_global_rng
+
 TINY_LATENT_CHANNELS = 16
 TINY_TEXT_DIM = 32
 TINY_TRANSFORMER_CONFIG = {
@@ -47,6 +49,7 @@ def tiny_tokenizer() -> T5Tokenizer:
     return T5Tokenizer(vocab=vocab, extra_ids=0)
 
 
+@keeps_global_rng
 def tiny_components(seed: int = 0) -> dict:
     """Fresh tiny components with deterministic random weights (the keys of LTXPipeline)."""
     torch.manual_seed(seed)

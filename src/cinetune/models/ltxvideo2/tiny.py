@@ -38,6 +38,7 @@ from transformers import (
     SiglipVisionConfig,
 )
 
+from cinetune.models.base import keeps_global_rng
 from cinetune.models.ltxvideo2.convert import to_original_state_dict
 
 TEXT_DIM = 32  # Gemma hidden size = connector width = transformer caption channels
@@ -322,6 +323,7 @@ def _randomize_statistics(module: torch.nn.Module, generator: torch.Generator) -
     module.latents_std.copy_(torch.rand(size, generator=generator) * 0.5 + 0.75)
 
 
+@keeps_global_rng
 def tiny_components(seed: int = 0) -> dict[str, Any]:
     """Fresh tiny components with deterministic random weights (the keys of LTX2Pipeline)."""
     torch.manual_seed(seed)

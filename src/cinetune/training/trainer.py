@@ -7,13 +7,14 @@ import logging
 import os
 import time
 from contextlib import nullcontext
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
-from accelerate.utils import set_seed
+from accelerate.utils import InitProcessGroupKwargs, set_seed
 from peft import LoraConfig, set_peft_model_state_dict
 from safetensors.torch import load_file
 
@@ -51,7 +52,16 @@ def make_accelerator(cfg: Any) -> Accelerator:
         # accelerate keeps process-wide singletons: a second run in one process starts fresh
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
-    return Accelerator(mixed_precision=mixed, cpu=use_cpu, log_with=trackers, project_dir=str(cfg.output_dir))
+    # Only the main process validates while the others wait at a barrier: a long validation of a big model
+    # must not trip the collective timeout.
+    timeout = InitProcessGroupKwargs(timeout=timedelta(hours=2))
+    return Accelerator(
+        mixed_precision=mixed,
+        cpu=use_cpu,
+        log_with=trackers,
+        project_dir=str(cfg.output_dir),
+        kwargs_handlers=[timeout],
+    )
 
 
 class Trainer:

@@ -12,12 +12,12 @@ from cinetune.cli import main
 from cinetune.models.registry import build_family
 
 
-def _bench(tmp_path: Path, name: str, *extra: str) -> dict:
+def _bench(tmp_path: Path, name: str, *extra: str, family: str = "ltxvideo") -> dict:
     path = tmp_path / f"{name}.json"
     args = [
         "bench",
         "--family",
-        "ltxvideo",
+        family,
         "--flavour",
         "tiny",
         "--resolution",
@@ -65,3 +65,68 @@ def test_flavour_architectures_have_the_published_size(flavour: str, billions: f
         model = family.transformer_class.from_config(family.architecture_config())
     params = sum(p.numel() for p in model.parameters()) / 1e9
     assert params == pytest.approx(billions, rel=0.05)
+
+
+def test_bench_ltxvideo2_tiny_reports_figures(tmp_path: Path, capsys) -> None:
+    result = _bench(tmp_path, "ltx2", family="ltxvideo2")
+    out = capsys.readouterr().out
+    assert "ltxvideo2/tiny" in out
+    for label in ("s/step (median)", "tokens/s", "peak memory", "FLOPs/step", "MFU"):
+        assert label in out
+    assert result["tokens_per_sample"] == 2 * 2 * 2  # 9 frames -> 2 latent frames (8x), 64 px -> 2 (32x)
+    assert len(result["s_per_step_all"]) == 2 and result["s_per_step_median"] > 0
+    assert result["params_trainable"] > 0 and result["params_total"] > result["params_trainable"]
+    assert result["flops_per_step"] > 0
+
+
+def test_ltxvideo2_bench_shapes_match_the_cache() -> None:
+    from cinetune.models.ltxvideo2 import text as text_module
+
+    family = build_family("ltxvideo2", "tiny", None)
+    config = family.architecture_config()
+    caption = family.synthetic_caption(config, 7)
+    assert set(caption) == {text_module.PROJ_KEY} and caption[text_module.PROJ_KEY].shape == (7, 32)
+    latents = family.synthetic_latents(config, 96, 64, 17)  # video only: bench has no audio dataset
+    assert set(latents) == {"latents", "latents_std"}
+    assert latents["latents"].shape == latents["latents_std"].shape == (16, 3, 2, 3)
+
+
+def test_ltxvideo2_2_0_configs_match_the_installed_classes_and_header_inference() -> None:
+    import inspect
+
+    from diffusers.pipelines.ltx2 import LTX2TextConnectors
+
+    from cinetune.models.ltxvideo2 import configs
+
+    family = build_family("ltxvideo2", "2.0", None)
+    extra = family.flavours["2.0"].extra
+    for cls, config, infer in (
+        (family.transformer_class, extra["transformer_config"], configs.transformer_config),
+        (LTX2TextConnectors, extra["connectors_config"], configs.connectors_config),
+    ):
+        assert set(config) <= set(inspect.signature(cls.__init__).parameters)
+        with torch.device("meta"):
+            model = cls.from_config(config)
+        shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        inferred = infer(None, shapes)  # what a released file without metadata gives
+        assert {k: config[k] for k in inferred} == inferred
+
+
+def test_ltxvideo2_2_0_bench_connectors_are_random_not_loaded() -> None:
+    family = build_family("ltxvideo2", "2.0", None)
+    meta = torch.device("meta")
+    family.use_random_frozen_modules(meta, torch.bfloat16)
+    module = family.connectors(meta, torch.bfloat16)  # no file, no hub: the random module
+    assert module.config.caption_channels == 3840 and module.config.text_proj_in_factor == 49
+    assert next(module.parameters()).dtype == torch.bfloat16
+    assert not any(p.requires_grad for p in module.parameters())
+
+
+def test_ltxvideo2_2_0_architecture_is_19b() -> None:
+    # Measured with diffusers 0.42.1: 18,876,174,592 parameters. LTX-2 is published as a 19B model (a 14B
+    # video stream and a 5B audio stream); the text connectors (1.43 B) are separate and not counted here.
+    family = build_family("ltxvideo2", "2.0", None)
+    with torch.device("meta"):
+        model = family.transformer_class.from_config(family.architecture_config())
+    params = sum(p.numel() for p in model.parameters()) / 1e9
+    assert params == pytest.approx(19.0, rel=0.05)

@@ -121,6 +121,7 @@ def run_bench(
     config = family.architecture_config()
     start = time.perf_counter()
     transformer = random_transformer(family.transformer_class, config, trainer.weight_dtype, device)
+    family.use_random_frozen_modules(device, trainer.weight_dtype)  # e.g. LTX-2's text connectors
     _sync(device)
     build_seconds = time.perf_counter() - start
     trainer.setup_model(transformer, total_steps=warmup + steps + 1)

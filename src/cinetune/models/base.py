@@ -201,6 +201,11 @@ class ModelFamily(ABC):
             )
         return dict(flavour.extra["transformer_config"])
 
+    def use_random_frozen_modules(self, device: torch.device, dtype: torch.dtype) -> None:
+        """For `cinetune bench` only: give the frozen helper modules the training step runs besides the
+        transformer (none by default) random weights of the flavour's architecture, so nothing is loaded."""
+        return None
+
     def synthetic_caption(self, config: dict[str, Any], num_tokens: int) -> dict[str, torch.Tensor]:
         """Random cached-caption tensors of the exact shape `encode_text` produces for `num_tokens` tokens."""
         return {"prompt_embeds": torch.randn(num_tokens, config["caption_channels"])}

@@ -50,6 +50,72 @@ _UPSAMPLE = {"compress_space": "spatial", "compress_time": "temporal", "compress
 _STRIDES = {"spatial": (1, 2), "temporal": (2, 1), "spatiotemporal": (2, 2)}  # (time, space)
 
 
+# LTX-2.0 (19B) as diffusers' 2.0 conversion publishes it (scripts/convert_ltx2_to_diffusers.py): what
+# `transformer_config` / `connectors_config` infer from the released file, and what `cinetune bench` builds.
+LTX2_0_TRANSFORMER: dict[str, Any] = {
+    "in_channels": 128,
+    "out_channels": 128,
+    "patch_size": 1,
+    "patch_size_t": 1,
+    "num_attention_heads": 32,
+    "attention_head_dim": 128,
+    "cross_attention_dim": 4096,
+    "vae_scale_factors": (8, 32, 32),
+    "pos_embed_max_pos": 20,
+    "base_height": 2048,
+    "base_width": 2048,
+    "gated_attn": False,
+    "cross_attn_mod": False,
+    "audio_in_channels": 128,
+    "audio_out_channels": 128,
+    "audio_patch_size": 1,
+    "audio_patch_size_t": 1,
+    "audio_num_attention_heads": 32,
+    "audio_attention_head_dim": 64,
+    "audio_cross_attention_dim": 2048,
+    "audio_scale_factor": 4,
+    "audio_pos_embed_max_pos": 20,
+    "audio_sampling_rate": 16000,
+    "audio_hop_length": 160,
+    "audio_gated_attn": False,
+    "audio_cross_attn_mod": False,
+    "num_layers": 48,
+    "activation_fn": "gelu-approximate",
+    "qk_norm": "rms_norm_across_heads",
+    "norm_elementwise_affine": False,
+    "norm_eps": 1e-6,
+    "caption_channels": 3840,
+    "attention_bias": True,
+    "attention_out_bias": True,
+    "rope_theta": 10000.0,
+    "rope_double_precision": True,
+    "causal_offset": 1,
+    "timestep_scale_multiplier": 1000,
+    "cross_attn_timestep_scale_multiplier": 1000,
+    "rope_type": "split",
+    "use_prompt_embeddings": True,
+}
+LTX2_0_CONNECTORS: dict[str, Any] = {
+    "caption_channels": 3840,  # Gemma3 12B hidden size
+    "text_proj_in_factor": 49,  # embeddings + 48 layers, stacked
+    "video_connector_num_attention_heads": 30,
+    "video_connector_attention_head_dim": 128,
+    "video_connector_num_layers": 2,
+    "video_connector_num_learnable_registers": 128,
+    "video_gated_attn": False,
+    "audio_connector_num_attention_heads": 30,
+    "audio_connector_attention_head_dim": 128,
+    "audio_connector_num_layers": 2,
+    "audio_connector_num_learnable_registers": 128,
+    "audio_gated_attn": False,
+    "connector_rope_base_seq_len": 4096,
+    "rope_theta": 10000.0,
+    "rope_double_precision": True,
+    "rope_type": "split",
+    "per_modality_projections": False,
+}
+
+
 def _count(shapes: Shapes, pattern: str) -> int:
     found = {m.group(1) for k in shapes if (m := re.match(pattern, k))}
     return len(found)

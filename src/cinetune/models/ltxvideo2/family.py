@@ -34,7 +34,7 @@ from transformers import AutoTokenizer, Gemma3ForConditionalGeneration
 from cinetune.errors import ConfigError, NotSupportedYet
 from cinetune.models.base import Flavour, FrameRule, GeneratedVideo, ModelFamily, ModelInputs
 from cinetune.models.ltxvideo.family import ltx_mu, pack_latents
-from cinetune.models.ltxvideo2 import audio_latents, pipelines, tiny
+from cinetune.models.ltxvideo2 import audio_latents, configs, pipelines, tiny
 from cinetune.models.ltxvideo2 import text as text_module
 from cinetune.models.ltxvideo2.checkpoint import DEFAULT_CHECKPOINT, LTX2Loader
 from cinetune.models.ltxvideo2.convert import TRANSFORMER_RENAMES
@@ -57,7 +57,11 @@ _FLAVOURS = [
         "2.0",
         "Lightricks/LTX-2",
         "LTX-2 19B dev (audio + video), from the combined checkpoint",
-        extra={"checkpoint_filename": DEFAULT_CHECKPOINT},
+        extra={
+            "checkpoint_filename": DEFAULT_CHECKPOINT,
+            "transformer_config": configs.LTX2_0_TRANSFORMER,
+            "connectors_config": configs.LTX2_0_CONNECTORS,
+        },
     ),
     Flavour(
         "2.3",
@@ -68,7 +72,15 @@ _FLAVOURS = [
             "bandwidth-extension vocoder) is not supported yet; use model_flavour 2.0"
         },
     ),
-    Flavour("tiny", None, "Tiny random LTX-2 built in memory (tests)"),
+    Flavour(
+        "tiny",
+        None,
+        "Tiny random LTX-2 built in memory (tests)",
+        extra={
+            "transformer_config": tiny.TINY_TRANSFORMER_CONFIG,
+            "connectors_config": tiny.TINY_CONNECTORS_CONFIG,
+        },
+    ),
 ]
 _VIDEO_ONLY_TARGETS = tuple(
     f"{attn}.{proj}" for attn in ("attn1", "attn2") for proj in ("to_k", "to_q", "to_v", "to_out.0")
@@ -212,6 +224,16 @@ class LTX2Family(ModelFamily):
             self._modules[part] = module
         return self._modules[part].to(device)
 
+    def use_random_frozen_modules(self, device: torch.device, dtype: torch.dtype) -> None:
+        """`cinetune bench`: text connectors of the flavour's config with random weights, built on `device`
+        (what `connectors` then returns instead of loading them); `cinetune train` never calls this."""
+        from cinetune.benchmark import random_transformer
+
+        config = self.flavours[self.loader.flavour].extra["connectors_config"]
+        module = random_transformer(LTX2TextConnectors, config, dtype, device)
+        text_module.check_v1(module)
+        self._modules["connectors"] = module.requires_grad_(False).eval()
+
     def connectors(self, device: torch.device, dtype: torch.dtype) -> LTX2TextConnectors:
         module = self._module("connectors", LTX2TextConnectors, device, dtype)
         registers = module.config.video_connector_num_learnable_registers
@@ -295,6 +317,19 @@ class LTX2Family(ModelFamily):
         }
 
     # ---- training ------------------------------------------------------------------------------------------
+    def synthetic_caption(self, config: dict[str, Any], num_tokens: int) -> dict[str, torch.Tensor]:
+        """What `encode_text` caches for a caption of `num_tokens` real tokens: their projections (n,
+        caption_channels); the connectors' width equals the transformer's caption_channels."""
+        return {text_module.PROJ_KEY: torch.randn(num_tokens, config["caption_channels"])}
+
+    def synthetic_latents(
+        self, config: dict[str, Any], width: int, height: int, num_frames: int
+    ) -> dict[str, torch.Tensor]:
+        """What `encode_video` caches for one clip: latents and latents_std (C, F', H', W'). Video only: bench
+        has no dataset, so no `audio` block and (as `cinetune train` without one) no audio_latents /
+        audio_mask; the audio stream runs as the 1-token isolated stub."""
+        return super().synthetic_latents(config, width, height, num_frames)
+
     def collate_text(self, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         return text_module.collate_prompts(items, self.max_sequence_length)
 

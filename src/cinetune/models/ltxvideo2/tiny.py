@@ -163,6 +163,41 @@ TINY_META: dict[str, Any] = {
 }
 
 
+_T = TINY_META["transformer"]
+# diffusers configs of the tiny transformer and text connectors (also what `cinetune bench` builds for `tiny`)
+TINY_TRANSFORMER_CONFIG: dict[str, Any] = {
+    "in_channels": LATENT_CHANNELS,
+    "out_channels": LATENT_CHANNELS,
+    "num_attention_heads": _T["num_attention_heads"],
+    "attention_head_dim": _T["attention_head_dim"],
+    "cross_attention_dim": _T["cross_attention_dim"],
+    "audio_in_channels": _T["audio_in_channels"],
+    "audio_out_channels": _T["audio_out_channels"],
+    "audio_num_attention_heads": _T["audio_num_attention_heads"],
+    "audio_attention_head_dim": _T["audio_attention_head_dim"],
+    "audio_cross_attention_dim": _T["audio_cross_attention_dim"],
+    "num_layers": _T["num_layers"],
+    "caption_channels": TEXT_DIM,
+    "rope_type": "split",
+    "rope_double_precision": False,
+}
+TINY_CONNECTORS_CONFIG: dict[str, Any] = {
+    "caption_channels": TEXT_DIM,
+    "text_proj_in_factor": TEXT_LAYERS + 1,
+    "video_connector_num_attention_heads": _T["connector_num_attention_heads"],
+    "video_connector_attention_head_dim": _T["connector_attention_head_dim"],
+    "video_connector_num_layers": _T["connector_num_layers"],
+    "video_connector_num_learnable_registers": 128,
+    "audio_connector_num_attention_heads": _T["connector_num_attention_heads"],
+    "audio_connector_attention_head_dim": _T["connector_attention_head_dim"],
+    "audio_connector_num_layers": _T["connector_num_layers"],
+    "audio_connector_num_learnable_registers": 128,
+    "connector_rope_base_seq_len": 4096,
+    "rope_type": "split",
+    "rope_double_precision": False,
+}
+
+
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
     """A word-level tokenizer built offline; like Gemma's it starts every text with <bos>, pads left."""
     vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3}
@@ -209,42 +244,11 @@ def _text_encoder(vocab_size: int) -> Gemma3ForConditionalGeneration:
 
 
 def _connectors() -> LTX2TextConnectors:
-    meta = TINY_META["transformer"]
-    return LTX2TextConnectors(
-        caption_channels=TEXT_DIM,
-        text_proj_in_factor=TEXT_LAYERS + 1,
-        video_connector_num_attention_heads=meta["connector_num_attention_heads"],
-        video_connector_attention_head_dim=meta["connector_attention_head_dim"],
-        video_connector_num_layers=meta["connector_num_layers"],
-        video_connector_num_learnable_registers=128,
-        audio_connector_num_attention_heads=meta["connector_num_attention_heads"],
-        audio_connector_attention_head_dim=meta["connector_attention_head_dim"],
-        audio_connector_num_layers=meta["connector_num_layers"],
-        audio_connector_num_learnable_registers=128,
-        connector_rope_base_seq_len=4096,
-        rope_type="split",
-        rope_double_precision=False,
-    )
+    return LTX2TextConnectors(**TINY_CONNECTORS_CONFIG)
 
 
 def _transformer() -> LTX2VideoTransformer3DModel:
-    meta = TINY_META["transformer"]
-    return LTX2VideoTransformer3DModel(
-        in_channels=LATENT_CHANNELS,
-        out_channels=LATENT_CHANNELS,
-        num_attention_heads=meta["num_attention_heads"],
-        attention_head_dim=meta["attention_head_dim"],
-        cross_attention_dim=meta["cross_attention_dim"],
-        audio_in_channels=meta["audio_in_channels"],
-        audio_out_channels=meta["audio_out_channels"],
-        audio_num_attention_heads=meta["audio_num_attention_heads"],
-        audio_attention_head_dim=meta["audio_attention_head_dim"],
-        audio_cross_attention_dim=meta["audio_cross_attention_dim"],
-        num_layers=meta["num_layers"],
-        caption_channels=TEXT_DIM,
-        rope_type="split",
-        rope_double_precision=False,
-    )
+    return LTX2VideoTransformer3DModel(**TINY_TRANSFORMER_CONFIG)
 
 
 def _video_vae() -> AutoencoderKLLTX2Video:

@@ -248,6 +248,22 @@ class ModelFamily(ABC):
         )
         return GeneratedVideo(frames=np.asarray(output.frames[0], dtype=np.float32))
 
+    def tiny_components(self) -> dict[str, Any]:
+        """The built-in tiny model's components by pipeline key (built fp32, deterministic)."""
+        from cinetune.errors import ConfigError
+
+        raise ConfigError(
+            f"the {self.name} family has no built-in tiny model: set pretrained_model_name_or_path"
+        )
+
+    def load_part(self, cls: type, subfolder: str, dtype: torch.dtype | None = None) -> Any:
+        """One component: the built-in tiny model's, or `cls.from_pretrained(source, subfolder=...)`."""
+        if self.loader.is_builtin_tiny:
+            module = self.tiny_components()[subfolder]
+            # Built in fp32; cast only when asked for another dtype (diffusers warns on every .to(dtype)).
+            return module if dtype in (None, torch.float32) else module.to(dtype)
+        return self.loader.load(cls, subfolder, **({} if dtype is None else {"torch_dtype": dtype}))
+
     def component_identity(self, kind: str) -> str:
         """Fingerprint of what produces a cache entry: kind 'text' (encoders + tokenizers) or 'vae'."""
         if kind == "text":
@@ -305,9 +321,12 @@ class ModelFamily(ABC):
     def collate_text(self, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """Cached caption tensors -> one padded batch with its mask."""
 
-    @abstractmethod
     def num_tokens(self, latent_shape: torch.Size) -> int:
-        """Video tokens of a latent batch: what the resolution-dependent shift depends on."""
+        """Video tokens of a latent batch (B, C, F, H, W) at patch size 1: what the shift depends on.
+
+        Families that patchify (Kandinsky's 1x2x2) override this."""
+        _, _, frames, height, width = latent_shape
+        return frames * height * width
 
     @abstractmethod
     def shift_mu(self, num_tokens: int) -> float:

@@ -234,9 +234,8 @@ class Kandinsky5VideoFamily(ModelFamily):
         return out
 
     # ---- loading -------------------------------------------------------------------------------------------
-    def _tiny(self, key: str, dtype: torch.dtype | None = None) -> Any:
-        module = tiny.tiny_components()[key]
-        return module if dtype in (None, torch.float32) else module.to(dtype)
+    def tiny_components(self) -> dict[str, Any]:
+        return tiny.tiny_components()
 
     def load_text_encoder(self, dtype: torch.dtype) -> tuple[Any, torch.nn.Module]:
         """((Qwen tokenizer, CLIP tokenizer), TextEncoders). The hub's Qwen2VLProcessor folder holds the
@@ -256,10 +255,7 @@ class Kandinsky5VideoFamily(ModelFamily):
         return tokenizers, TextEncoders(qwen, clip)
 
     def load_vae(self, dtype: torch.dtype) -> torch.nn.Module:
-        if self.loader.is_builtin_tiny:
-            vae = self._tiny("vae", dtype)
-        else:
-            vae = self.loader.load(AutoencoderKLHunyuanVideo, "vae", torch_dtype=dtype)
+        vae = self.load_part(AutoencoderKLHunyuanVideo, "vae", dtype)
         if self.vae_patch_conv:
             enable_patch_conv(vae)
         if self.vae_tiling:
@@ -267,14 +263,10 @@ class Kandinsky5VideoFamily(ModelFamily):
         return vae
 
     def load_transformer(self, dtype: torch.dtype) -> torch.nn.Module:
-        if self.loader.is_builtin_tiny:
-            return self._tiny("transformer", dtype)
-        return self.loader.load(Kandinsky5Transformer3DModel, "transformer", torch_dtype=dtype)
+        return self.load_part(Kandinsky5Transformer3DModel, "transformer", dtype)
 
     def load_scheduler(self) -> FlowMatchEulerDiscreteScheduler:
-        if self.loader.is_builtin_tiny:
-            return self._tiny("scheduler")
-        return self.loader.load(FlowMatchEulerDiscreteScheduler, "scheduler")
+        return self.load_part(FlowMatchEulerDiscreteScheduler, "scheduler")
 
     # ---- encoding (used by the caches) ---------------------------------------------------------------------
     @torch.no_grad()

@@ -116,31 +116,25 @@ class LTXVideoFamily(ModelFamily):
         self.loader = loader
 
     # ---- loading -------------------------------------------------------------------------------------------
-    def _tiny(self, key: str, dtype: torch.dtype | None = None) -> Any:
-        module = tiny.tiny_components()[key]
-        # Built in fp32; cast only when asked for another dtype (diffusers warns on every .to(dtype)).
-        return module if dtype in (None, torch.float32) else module.to(dtype)
+    def tiny_components(self) -> dict[str, Any]:
+        return tiny.tiny_components()
 
     def load_text_encoder(self, dtype: torch.dtype) -> tuple[Any, torch.nn.Module]:
-        if self.loader.is_builtin_tiny:
-            return tiny.tiny_tokenizer(), self._tiny("text_encoder", dtype)
-        tokenizer = self.loader.load(AutoTokenizer, "tokenizer")
-        return tokenizer, self.loader.load(T5EncoderModel, "text_encoder", torch_dtype=dtype)
+        tokenizer = (
+            tiny.tiny_tokenizer()
+            if self.loader.is_builtin_tiny
+            else self.load_part(AutoTokenizer, "tokenizer")
+        )
+        return tokenizer, self.load_part(T5EncoderModel, "text_encoder", dtype)
 
     def load_vae(self, dtype: torch.dtype) -> torch.nn.Module:
-        if self.loader.is_builtin_tiny:
-            return self._tiny("vae", dtype)
-        return self.loader.load(AutoencoderKLLTXVideo, "vae", torch_dtype=dtype)
+        return self.load_part(AutoencoderKLLTXVideo, "vae", dtype)
 
     def load_transformer(self, dtype: torch.dtype) -> torch.nn.Module:
-        if self.loader.is_builtin_tiny:
-            return self._tiny("transformer", dtype)
-        return self.loader.load(LTXVideoTransformer3DModel, "transformer", torch_dtype=dtype)
+        return self.load_part(LTXVideoTransformer3DModel, "transformer", dtype)
 
     def load_scheduler(self) -> FlowMatchEulerDiscreteScheduler:
-        if self.loader.is_builtin_tiny:
-            return self._tiny("scheduler")
-        return self.loader.load(FlowMatchEulerDiscreteScheduler, "scheduler")
+        return self.load_part(FlowMatchEulerDiscreteScheduler, "scheduler")
 
     # ---- encoding (used by the caches) ---------------------------------------------------------------------
     @torch.no_grad()
@@ -193,11 +187,6 @@ class LTXVideoFamily(ModelFamily):
             embeds[i, :n] = item["prompt_embeds"]
             mask[i, :n] = True
         return {"prompt_embeds": embeds, "prompt_attention_mask": mask}
-
-    @staticmethod
-    def num_tokens(latent_shape: torch.Size) -> int:
-        _, _, frames, height, width = latent_shape
-        return frames * height * width
 
     @staticmethod
     def shift_mu(num_tokens: int) -> float:

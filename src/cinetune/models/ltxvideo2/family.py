@@ -334,11 +334,6 @@ class LTX2Family(ModelFamily):
         return text_module.collate_prompts(items, self.max_sequence_length)
 
     @staticmethod
-    def num_tokens(latent_shape: torch.Size) -> int:
-        _, _, frames, height, width = latent_shape
-        return frames * height * width
-
-    @staticmethod
     def shift_mu(num_tokens: int) -> float:
         return ltx_mu(num_tokens)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import wave
 from pathlib import Path
 
 import pytest
@@ -115,6 +116,14 @@ def test_examples_pass_check(tmp_path: Path, capsys) -> None:
     from cinetune.demo import write_demo_dataset
 
     clips = write_demo_dataset(tmp_path / "clips", num_clips=2, num_frames=100, size=(64, 48), fps=24)
+    sounds = tmp_path / "sounds"  # audio datasets (s2v_datasets): a same-named track per clip
+    sounds.mkdir()
+    for clip in clips.glob("*.mp4"):
+        with wave.open(str(sounds / f"{clip.stem}.wav"), "wb") as out:
+            out.setnchannels(1)
+            out.setsampwidth(2)
+            out.setframerate(16000)
+            out.writeframes(b"\x00\x00" * 16000 * 5)
     examples = Path(__file__).resolve().parents[1] / "examples"
     pairs = sorted(examples.glob("*/config.json"))
     assert len(pairs) >= 2, "examples/ should hold a config pair per flavour"
@@ -122,13 +131,15 @@ def test_examples_pass_check(tmp_path: Path, capsys) -> None:
         raw = json.loads((config.parent / "multidatabackend.json").read_text())
         for entry in raw:
             if entry.get("instance_data_dir"):
-                entry["instance_data_dir"] = str(clips)
+                entry["instance_data_dir"] = str(sounds if entry["dataset_type"] == "audio" else clips)
         backend = tmp_path / f"{config.parent.name}.json"
         backend.write_text(json.dumps(raw))
         code = main(["check", "--config", str(config), f"--data_backend_config={backend}"])
         out = capsys.readouterr().out
         assert code == 0, out
         assert "2 clip(s)" in out and "config OK" in out
+        if "s2v" in config.parent.name:
+            assert "audio: 2 of 2 clip(s) with sound, from s2v dataset(s) my-clips-audio" in out
 
 
 def test_keys_lists_every_field_with_its_description(capsys) -> None:

@@ -32,7 +32,9 @@ def check_report(loaded: LoadedConfig) -> tuple[str, bool]:
     report = SkipReport()
     ok = True
     try:
-        samples = scan_datasets(loaded.data.media, rule, cfg.frame_rate, cfg.seed, report)
+        samples = scan_datasets(
+            loaded.data.media, rule, cfg.frame_rate, cfg.seed, report, audio_datasets=loaded.data.datasets
+        )
     except DataError as exc:
         samples, ok = [], False
         lines.append(f"[red]dataset: {exc}[/]")
@@ -43,6 +45,14 @@ def check_report(loaded: LoadedConfig) -> tuple[str, bool]:
             f"dataset '{dataset.id}': {len(mine)} clip(s), repeats {dataset.repeats}, buckets "
             + (", ".join(f"{k} x{n}" for k, n in sorted(buckets.items())) or "none")
         )
+        if dataset.audio is not None:
+            source = (
+                f"s2v dataset(s) {', '.join(dataset.s2v_datasets)}"
+                if dataset.s2v_datasets
+                else "their own audio tracks"
+            )
+            sound = sum(s.audio is not None for s in mine)
+            lines.append(f"  audio: {sound} of {len(mine)} clip(s) with sound, from {source}")
         small = [k for k, n in buckets.items() if n * (dataset.repeats + 1) < cfg.train_batch_size]
         if small:
             lines.append(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 CaptionStrategy = Literal["textfile", "filename", "instanceprompt", "jsonl", "csv"]
 
@@ -75,8 +75,9 @@ class AudioOptions(BaseModel):
 
     auto_split: bool = Field(
         True,
-        description="Take each clip's audio from its own file (the span under the sampled frames). "
-        "false would take it from a separate audio dataset (s2v_datasets): not supported yet.",
+        description="true: each clip's audio comes from its own file (the span under the sampled frames). "
+        "false: from the same-named file of the dataset's `s2v_datasets` (audio datasets), which then "
+        "must be set.",
     )
     sample_rate: int = Field(16000, gt=0, description="Hz the audio is resampled to (LTX-2: 16000).")
     channels: Literal[1, 2] = Field(
@@ -91,8 +92,9 @@ class AudioOptions(BaseModel):
     )
     allow_zero_audio: bool = Field(
         False,
-        description="Clips without an audio track: false skips them (listed in the data report); true trains "
-        "them with silent audio latents and their audio loss masked out (weight 0).",
+        description="Clips without audio (no track; with s2v_datasets, no same-named audio file): false "
+        "skips them (listed in the data report); true trains them with silent audio latents and their "
+        "audio loss masked out (weight 0).",
     )
 
 
@@ -105,12 +107,15 @@ class DatasetConfig(BaseModel):
     type: Literal["local"] = Field(
         "local", description="Where the data lives; only 'local' folders are supported."
     )
-    dataset_type: Literal["video", "image", "text_embeds"] = Field(
+    dataset_type: Literal["video", "image", "audio", "text_embeds"] = Field(
         "video",
-        description="video and image datasets hold samples; text_embeds says where caption embeddings go.",
+        description="video and image datasets hold samples; audio datasets hold the sound of a video "
+        "dataset's clips (linked by its s2v_datasets); text_embeds says where caption embeddings go.",
     )
     instance_data_dir: Path | None = Field(
-        None, description="Folder with the clips (and their .txt captions)."
+        None,
+        description="Folder with the clips (and their .txt captions); for an audio dataset, the audio files "
+        "(.wav .flac .mp3 .m4a .aac .ogg .opus), named as the clips they belong to.",
     )
     caption_strategy: CaptionStrategy = Field(
         "textfile",
@@ -152,16 +157,27 @@ class DatasetConfig(BaseModel):
     )
     audio: AudioOptions | None = Field(
         None,
-        description="Video datasets: also train the clips' audio (families with audio). Without it nothing "
-        "audio is extracted, cached or trained.",
+        description="Video datasets: also train the clips' audio (families with audio). Without it (and "
+        "without s2v_datasets) nothing audio is extracted, cached or trained.",
     )
+    s2v_datasets: list[str] | None = Field(
+        None,
+        description="Video datasets: ids of audio datasets that hold the clips' sound, one file per clip "
+        "with the clip's relative path and another extension (clips/a.mp4 <- clips/a.wav); the audio file's "
+        "start is the video's first frame. Implies an `audio` block with auto_split false.",
+    )
+
+    @field_validator("s2v_datasets", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _check(self) -> DatasetConfig:
         if self.disabled:
             return self
         self._check_keys_apply()
-        if self.dataset_type in ("video", "image") and self.instance_data_dir is None:
+        if self.dataset_type in ("video", "image", "audio") and self.instance_data_dir is None:
             raise ValueError(
                 f"dataset '{self.id}': instance_data_dir is required for a {self.dataset_type} dataset"
             )
@@ -177,9 +193,34 @@ class DatasetConfig(BaseModel):
             self.video = VideoOptions()
         if self.audio is not None and self.dataset_type != "video":
             raise ValueError(f"dataset '{self.id}': an `audio` block needs dataset_type 'video'")
+        self._check_audio_source()
         if self.dataset_type == "image" and self.video is not None:
             raise ValueError(f"dataset '{self.id}': an image dataset takes no `video` block")
         return self
+
+    def _check_audio_source(self) -> None:
+        """Where a video dataset's audio comes from: its own files (auto_split) or its s2v_datasets."""
+        if self.s2v_datasets is not None:
+            if self.dataset_type != "video":
+                raise ValueError(f"dataset '{self.id}': s2v_datasets needs dataset_type 'video'")
+            if not self.s2v_datasets:
+                raise ValueError(f"dataset '{self.id}': s2v_datasets is empty; name an audio dataset's id")
+            if self.audio is None:
+                self.audio = AudioOptions(auto_split=False)
+            elif self.audio.auto_split and "auto_split" in self.audio.model_fields_set:
+                raise ValueError(
+                    f"dataset '{self.id}': audio.auto_split true takes the audio from each clip's own file, "
+                    "s2v_datasets from a separate audio dataset: set auto_split false (or remove it) to use "
+                    "s2v_datasets, or remove s2v_datasets"
+                )
+            else:
+                self.audio.auto_split = False
+        elif self.audio is not None and not self.audio.auto_split:
+            raise ValueError(
+                f"dataset '{self.id}': audio.auto_split false takes the audio from a separate audio dataset: "
+                "set s2v_datasets to its id (a dataset_type 'audio' entry), or set auto_split true to use "
+                "each clip's own audio track"
+            )
 
     def _check_keys_apply(self) -> None:
         """Every key a user sets must do something for this kind of dataset: reject those that would not."""
@@ -187,6 +228,8 @@ class DatasetConfig(BaseModel):
         if self.dataset_type == "text_embeds":
             allowed = {"id", "type", "dataset_type", "default", "disabled", "cache_dir", "write_batch_size"}
             useless = sorted(given - allowed)
+        elif self.dataset_type == "audio":
+            useless = sorted(given - {"id", "type", "dataset_type", "disabled", "instance_data_dir"})
         else:
             useless = sorted(given & {"cache_dir", "default", "write_batch_size"})
             if "instance_prompt" in given and self.caption_strategy != "instanceprompt":
@@ -225,6 +268,7 @@ class DataBackendConfig(BaseModel):
             raise ValueError(
                 "no enabled video or image dataset: add one with dataset_type 'video' or 'image'"
             )
+        self._check_audio_links()
         embeds = [d for d in self.datasets if d.dataset_type == "text_embeds" and not d.disabled]
         if len(embeds) > 1:
             raise ValueError(
@@ -233,9 +277,41 @@ class DataBackendConfig(BaseModel):
             )
         return self
 
+    def _check_audio_links(self) -> None:
+        """Every s2v_datasets id names an enabled audio dataset, and every audio dataset is linked."""
+        audio = {d.id: d for d in self.datasets if d.dataset_type == "audio" and not d.disabled}
+        linked: set[str] = set()
+        for ds in self.media:
+            for link in ds.s2v_datasets or []:
+                target = next((d for d in self.datasets if d.id == link), None)
+                if target is None or target.disabled or target.dataset_type != "audio":
+                    what = (
+                        "no dataset"
+                        if target is None
+                        else "disabled"
+                        if target.disabled
+                        else f"a {target.dataset_type} dataset"
+                    )
+                    raise ValueError(
+                        f"dataset '{ds.id}': s2v_datasets names '{link}', which is {what}; it must be an "
+                        "enabled dataset with dataset_type 'audio'"
+                    )
+                linked.add(link)
+        unlinked = sorted(set(audio) - linked)
+        if unlinked:
+            raise ValueError(
+                f"audio dataset(s) {', '.join(unlinked)} not linked by any video dataset: audio-only "
+                "training is not supported yet; name it in a video dataset's s2v_datasets, or remove it"
+            )
+
     @property
     def media(self) -> list[DatasetConfig]:
         return [d for d in self.datasets if d.is_media and not d.disabled]
+
+    def audio_datasets(self, ds: DatasetConfig) -> list[DatasetConfig]:
+        """The audio datasets `ds` takes its clips' sound from (its s2v_datasets, in order)."""
+        by_id = {d.id: d for d in self.datasets}
+        return [by_id[link] for link in ds.s2v_datasets or []]
 
     @property
     def text_embeds(self) -> DatasetConfig | None:

@@ -39,7 +39,6 @@ NOT_SUPPORTED_YET: dict[str, str] = {
     "deepspeed_config": "DeepSpeed",
     "push_to_hub": "pushing to the hub",
     "hub_model_id": "pushing to the hub",
-    "s2v_datasets": "audio datasets",
     "lycoris_config": "LyCORIS",
     "controlnet": "ControlNet",
     "conditioning_data": "conditioning datasets",
@@ -190,6 +189,6 @@ def _check_audio_support(train: TrainConfig, data: DataBackendConfig) -> None:
 
     if not family_class(train.model_family).supports_audio:
         raise NotSupportedYet(
-            f"dataset '{with_audio[0]}': 'audio' (audio training) is not supported yet for model_family "
-            f"'{train.model_family}'; remove the block to train on video only"
+            f"dataset '{with_audio[0]}': 'audio' / s2v_datasets (audio training) is not supported yet for "
+            f"model_family '{train.model_family}'; remove them to train on video only"
         )

@@ -60,11 +60,14 @@ def extract_audio(
 
 
 def _video_origin(container: av.container.InputContainer) -> float:
-    """Seconds at which the first video frame is shown (the frame timeline's zero)."""
-    if container.streams.video:
-        video = container.streams.video[0]
-        if video.start_time is not None:
-            return float(video.start_time * video.time_base)
+    """Seconds at which the first video frame is shown (the frame timeline's zero). In a file without video
+    (an s2v dataset's audio file) the audio stream's start is the zero: its first sample is the first
+    frame's."""
+    streams = container.streams.video or container.streams.audio
+    if streams:
+        stream = streams[0]
+        if stream.start_time is not None:
+            return float(stream.start_time * stream.time_base)
     return 0.0
 
 

@@ -17,6 +17,7 @@ from cinetune.config.dataset import DatasetConfig
 from cinetune.data.buckets import Bucket, choose_bucket, min_frames_needed, target_frames
 from cinetune.data.captions import captions_for
 from cinetune.data.report import SkipReport
+from cinetune.data.s2v import AudioLinks, AudioSource, clip_audio
 from cinetune.data.video_io import (
     IMAGE_EXTS,
     VIDEO_EXTS,
@@ -37,6 +38,8 @@ class Sample:
     """One usable clip. window_starts index the resampled timeline (frame_rate fps), in draw order.
 
     size_bytes and mtime_ns identify the file's version, so caches keyed on them notice an edited clip.
+    `audio` is the file its sound comes from (its own track, or its s2v dataset's file); None when the
+    dataset trains no audio or the clip trains silent (allow_zero_audio).
     """
 
     dataset_id: str
@@ -48,6 +51,7 @@ class Sample:
     window_starts: tuple[int, ...]
     size_bytes: int
     mtime_ns: int
+    audio: AudioSource | None = None
 
 
 def discover_files(ds: DatasetConfig) -> list[Path]:
@@ -93,6 +97,7 @@ class _ScanContext:
     frame_rate: float
     default_frames: int
     seed: int
+    links: AudioLinks | None = None  # the s2v datasets' files, when the dataset has s2v_datasets
 
 
 def _make_sample(ctx: _ScanContext, path: Path, captions: list[str]) -> Sample | str:
@@ -102,10 +107,9 @@ def _make_sample(ctx: _ScanContext, path: Path, captions: list[str]) -> Sample |
         info = probe(path)
     except MediaError as exc:
         return exc.reason
-    if ds.audio is not None and not info.has_audio and not ds.audio.allow_zero_audio:
-        return (
-            "no audio track (the dataset has an audio block; audio.allow_zero_audio: true trains it silent)"
-        )
+    audio, no_audio = clip_audio(ds, path, info.has_audio, ctx.links)
+    if no_audio is not None and ds.audio is not None and not ds.audio.allow_zero_audio:
+        return f"{no_audio} (the dataset trains audio; set audio.allow_zero_audio true to train it silent)"
     avail = resampled_length(info, frame_rate)
     needed = min_frames_needed(ds, rule, default_frames)
     if avail < needed:
@@ -131,11 +135,17 @@ def _make_sample(ctx: _ScanContext, path: Path, captions: list[str]) -> Sample |
         window_starts=starts,
         size_bytes=stat.st_size,
         mtime_ns=stat.st_mtime_ns,
+        audio=audio,
     )
 
 
 def _scan_dataset(
-    ds: DatasetConfig, rule: FrameRule, default_frame_rate: float, seed: int, report: SkipReport
+    ds: DatasetConfig,
+    rule: FrameRule,
+    default_frame_rate: float,
+    seed: int,
+    report: SkipReport,
+    links: AudioLinks | None = None,
 ) -> list[Sample]:
     files = discover_files(ds)
     captions, reasons = captions_for(ds, files)
@@ -143,7 +153,7 @@ def _scan_dataset(
     requested = ds.video.num_frames if ds.video is not None else 1
     # Warn once per dataset here; the bucket code then rounds silently per clip.
     rule.adjust_frames(requested, f"dataset '{ds.id}' video.num_frames")
-    ctx = _ScanContext(ds, rule, frame_rate, target_frames(ds, rule, requested), seed)
+    ctx = _ScanContext(ds, rule, frame_rate, target_frames(ds, rule, requested), seed, links)
     samples = []
     for path in files:
         if path in reasons:
@@ -167,16 +177,24 @@ def _scan_dataset(
 
 
 def scan_datasets(
-    datasets: list[DatasetConfig], rule: FrameRule, default_frame_rate: float, seed: int, report: SkipReport
+    datasets: list[DatasetConfig],
+    rule: FrameRule,
+    default_frame_rate: float,
+    seed: int,
+    report: SkipReport,
+    audio_datasets: list[DatasetConfig] | None = None,
 ) -> list[Sample]:
     """Samples of every enabled video/image dataset, in config then path order; skipped files go to `report`.
+    The audio datasets that s2v_datasets name are looked up in `datasets` and `audio_datasets`.
 
     Raises DataError when no dataset yields a sample, with the skip summary so the user sees why.
     """
     samples: list[Sample] = []
     media = [ds for ds in datasets if ds.is_media and not ds.disabled]
+    by_id = {ds.id: ds for ds in [*datasets, *(audio_datasets or [])] if ds.dataset_type == "audio"}
     for ds in media:
-        samples.extend(_scan_dataset(ds, rule, default_frame_rate, seed, report))
+        links = AudioLinks([by_id[i] for i in ds.s2v_datasets]) if ds.s2v_datasets else None
+        samples.extend(_scan_dataset(ds, rule, default_frame_rate, seed, report, links))
     if not samples:
         names = ", ".join(f"'{ds.id}'" for ds in media) or "none enabled"
         raise DataError(f"no usable sample: dataset(s) {names} yielded none\n{report.summary()}")

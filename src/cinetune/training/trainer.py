@@ -104,7 +104,12 @@ class Trainer:
     def scan(self) -> None:
         media = training_media(self.cfg, self.data_cfg.media)
         self.samples = scan_datasets(
-            media, self.family.frame_rule, self.cfg.frame_rate, self.cfg.seed, self.report
+            media,
+            self.family.frame_rule,
+            self.cfg.frame_rate,
+            self.cfg.seed,
+            self.report,
+            audio_datasets=self.data_cfg.datasets,
         )
         if self.acc.is_main_process:
             self.report.save(self.output_dir)

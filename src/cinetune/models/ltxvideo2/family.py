@@ -138,6 +138,7 @@ class LTX2Family(ModelFamily):
         self.first_frame_p = 0.0
         self.audio_options: dict[str, Any] = {}  # dataset id -> its `audio` block
         self.eval_dataset: Any = None
+        self.eval_links: Any = None
         self.eval_dataset_id: str | None = None
         self._modules: dict[str, torch.nn.Module] = {}
         self._eval_audio: dict[bytes, Any] = {}
@@ -180,6 +181,11 @@ class LTX2Family(ModelFamily):
         for dataset_id, options in self.audio_options.items():
             _check_audio_options(dataset_id, options)
         self.eval_dataset = next((d for d in data.media if d.id == self.eval_dataset_id), None)
+        self.eval_links = None  # the eval clips' s2v audio files, when its audio comes from s2v_datasets
+        if self.eval_dataset is not None and self.eval_dataset.s2v_datasets:
+            from cinetune.data.s2v import AudioLinks
+
+            self.eval_links = AudioLinks(data.audio_datasets(self.eval_dataset))
 
     def lora_targets(self) -> list[str]:
         """All attention with audio; without it, the video self and text attention (as the LTX-2 trainer)."""
@@ -282,8 +288,8 @@ class LTX2Family(ModelFamily):
 
     def _audio_entry(self, audio_vae: torch.nn.Module, sample: Any, window: int) -> dict[str, torch.Tensor]:
         """Audio tokens of the window and their loss mask. A clip without audio (a dataset without an `audio`
-        block, or allow_zero_audio and no track) gets the VAE's encoding of silence with the loss masked
-        out."""
+        block, or allow_zero_audio and no track / no s2v file) gets the VAE's encoding of silence with the
+        loss masked out."""
         from cinetune.data.audio import extract_audio
 
         frames, fps = sample.bucket.num_frames, sample.frame_rate
@@ -291,9 +297,9 @@ class LTX2Family(ModelFamily):
         steps = audio_latents.latent_steps(frames, fps, audio_vae)
         options = self.audio_options.get(sample.dataset_id)
         span = None
-        if options is not None and sample.info.has_audio:
+        if options is not None and sample.audio is not None:  # its own track or its s2v dataset's file
             start = sample.window_starts[window] / fps
-            span = extract_audio(sample.path, start, frames / fps, rate, options.channels)
+            span = extract_audio(sample.audio.path, start, frames / fps, rate, options.channels)
         wave = span.samples if span is not None else np.zeros((2, round(frames / fps * rate)), np.float32)
         return {
             "audio_latents": audio_latents.encode_audio(audio_vae, wave, steps),
@@ -311,10 +317,14 @@ class LTX2Family(ModelFamily):
         if not self.with_audio:
             return {}
         options = self.audio_options.get(sample.dataset_id)
-        return {
+        fields = {
             "audio": options.model_dump() if options is not None else None,
             "audio_vae": self.loader.identity("audio_vae"),
         }
+        source = sample.audio
+        if source is not None and source.path != sample.path:  # an s2v file: its version counts too
+            fields["audio_file"] = [str(source.path), source.size_bytes, source.mtime_ns]
+        return fields
 
     # ---- training ------------------------------------------------------------------------------------------
     def synthetic_caption(self, config: dict[str, Any], num_tokens: int) -> dict[str, torch.Tensor]:
@@ -535,6 +545,7 @@ class LTX2Family(ModelFamily):
         audio."""
         from cinetune.data import discover_files, probe, read_window
         from cinetune.data.audio import extract_audio
+        from cinetune.data.s2v import clip_audio
 
         ds = self.eval_dataset
         if ds is None or ds.audio is None:
@@ -544,12 +555,13 @@ class LTX2Family(ModelFamily):
             self._eval_audio[key] = None
             for path in discover_files(ds)[:8]:
                 info = probe(path)
-                if info.is_image or not info.has_audio:
+                source = None if info.is_image else clip_audio(ds, path, info.has_audio, self.eval_links)[0]
+                if source is None:
                     continue
                 first = read_window(path, info, 0, 1, info.fps or frame_rate, (info.width, info.height))[0]
                 if first.shape == image.shape and np.array_equal(first, image):
                     rate = audio_vae.config.sample_rate
-                    span = extract_audio(path, 0.0, num_frames / frame_rate, rate, ds.audio.channels)
+                    span = extract_audio(source.path, 0.0, num_frames / frame_rate, rate, ds.audio.channels)
                     steps = audio_latents.latent_steps(num_frames, frame_rate, audio_vae)
                     tokens = audio_latents.encode_audio(audio_vae, span.samples, steps)
                     self._eval_audio[key] = (span.samples, tokens[None])
@@ -565,11 +577,6 @@ class LTX2Family(ModelFamily):
 
 
 def _check_audio_options(dataset_id: str, options: Any) -> None:
-    if not options.auto_split:
-        raise NotSupportedYet(
-            f"dataset '{dataset_id}': audio.auto_split=false (audio from a separate dataset, "
-            "s2v_datasets) is not supported yet; set auto_split true to use each clip's own audio track"
-        )
     if options.sample_rate != 16000:
         raise ConfigError(
             f"dataset '{dataset_id}': audio.sample_rate={options.sample_rate}, "

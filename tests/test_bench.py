@@ -130,3 +130,34 @@ def test_ltxvideo2_2_0_architecture_is_19b() -> None:
         model = family.transformer_class.from_config(family.architecture_config())
     params = sum(p.numel() for p in model.parameters()) / 1e9
     assert params == pytest.approx(19.0, rel=0.05)
+
+
+def test_bench_ltxvideo2_trains_audio_with_an_audio_block(tmp_path: Path, capsys) -> None:
+    video = _bench(tmp_path, "video", family="ltxvideo2")
+    both = _bench(tmp_path, "av", "--audio", family="ltxvideo2")
+    out = capsys.readouterr().out
+    assert video["audio_tokens_per_sample"] == 0 and not video["settings"]["audio"]
+    # 9 frames at 25 fps: round(0.36 s x 25) = 9 audio tokens, trained jointly with all attention's LoRA
+    assert both["audio_tokens_per_sample"] == 9 and both["settings"]["audio"] and "+ 9 audio tokens" in out
+    assert both["params_trainable"] > video["params_trainable"]  # audio / cross-modal attention LoRA too
+    assert both["flops_per_step"] > video["flops_per_step"]
+    # a config whose dataset file has an audio block benches the same way
+    (tmp_path / "data.json").write_text(
+        json.dumps([{"id": "c", "instance_data_dir": "c", "audio": {"channels": 1}}])
+    )
+    config = {
+        "model_family": "ltxvideo2",
+        "model_flavour": "tiny",
+        "data_backend_config": str(tmp_path / "data.json"),
+    }
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    args = ["bench", "--config", str(tmp_path / "config.json"), "--resolution", "64x64", "--frames", "9"]
+    args += ["--steps", "1", "--warmup", "0", "--json", str(tmp_path / "cfg.json"), "--mixed_precision=no"]
+    assert main(args) == 0
+    assert json.loads((tmp_path / "cfg.json").read_text())["audio_tokens_per_sample"] == 9
+
+
+def test_bench_audio_needs_a_family_with_audio(capsys) -> None:
+    args = ["bench", "--family", "ltxvideo", "--flavour", "tiny", "--audio", "--resolution", "64x64"]
+    assert main([*args, "--frames", "9", "--steps", "1"]) == 2
+    assert "'audio' blocks are not supported yet for the ltxvideo family" in capsys.readouterr().err

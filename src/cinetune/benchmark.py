@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from cinetune.config import LoadedConfig, TrainConfig
+from cinetune.config import AudioOptions, DataBackendConfig, DatasetConfig, LoadedConfig, TrainConfig
 from cinetune.training.batches import Batch
 from cinetune.training.trainer import Trainer
 
@@ -43,6 +43,7 @@ class BenchResult:
     num_frames: int
     batch_size: int
     tokens_per_sample: int
+    audio_tokens_per_sample: int
     params_total: int
     params_trainable: int
     build_seconds: float
@@ -79,7 +80,8 @@ def random_transformer(cls: type, config: dict[str, Any], dtype: torch.dtype, de
 def synthetic_batch(trainer: Trainer, config: dict[str, Any], size: tuple[int, int], frames: int, batch: int):
     family = trainer.family
     tokens = trainer.max_sequence_length
-    latents = [family.synthetic_latents(config, size[0], size[1], frames) for _ in range(batch)]
+    fps = trainer.cfg.frame_rate
+    latents = [family.synthetic_latents(config, size[0], size[1], frames, fps) for _ in range(batch)]
     tensors = {key: torch.stack([item[key] for item in latents]) for key in latents[0]}
     text = family.collate_text([family.synthetic_caption(config, tokens) for _ in range(batch)])
     return Batch(
@@ -104,6 +106,13 @@ def device_peak_tflops(device: torch.device, override: float | None) -> float | 
     return next((peak for key, peak in DEVICE_PEAK_TFLOPS.items() if key in name), None)
 
 
+def bench_audio_datasets() -> DataBackendConfig:
+    """A dataset file whose one video dataset has an `audio` block: `--audio` trains as such a run would."""
+    return DataBackendConfig(
+        datasets=[DatasetConfig(id="bench", instance_data_dir=Path(), audio=AudioOptions())]
+    )
+
+
 def run_bench(
     train: TrainConfig,
     size: tuple[int, int],
@@ -112,8 +121,12 @@ def run_bench(
     steps: int,
     warmup: int,
     peak_tflops: float | None = None,
+    data: DataBackendConfig | None = None,
 ) -> BenchResult:
-    trainer = Trainer(LoadedConfig(train=train, data=None, config_path=None))
+    """`data` (the config's dataset file, or `bench_audio_datasets()`) only configures the family: with an
+    `audio` block LTX-2 trains audio too. No dataset is read."""
+    trainer = Trainer(LoadedConfig(train=train, data=data, config_path=None))
+    audio = bool(getattr(trainer.family, "with_audio", False))
     family, device = trainer.family, trainer.device
     rule = family.frame_rule
     frames = rule.adjust_frames(frames, "--frames")
@@ -150,6 +163,8 @@ def run_bench(
     flops = float(counter.get_total_flops())
     median = statistics.median(times)
     tokens = family.num_tokens(micro[0].latents.shape) // batch
+    audio_latents = micro[0].tensors.get("audio_latents")
+    audio_tokens = int(audio_latents.shape[1]) if audio_latents is not None else 0
     peak = device_peak_tflops(device, peak_tflops)
     achieved = flops / median / 1e12
     return BenchResult(
@@ -160,12 +175,13 @@ def run_bench(
         num_frames=frames,
         batch_size=batch,
         tokens_per_sample=tokens,
+        audio_tokens_per_sample=audio_tokens,
         params_total=params_total,
         params_trainable=params_trainable,
         build_seconds=build_seconds,
         s_per_step_median=median,
         s_per_step_all=times,
-        tokens_per_s=tokens * batch * train.gradient_accumulation_steps / median,
+        tokens_per_s=tokens * batch * train.gradient_accumulation_steps / median,  # video tokens
         flops_per_step=flops,
         flops_method="counted (torch.utils.flop_counter, one step, forward+backward)",
         achieved_tflops=achieved,
@@ -179,6 +195,7 @@ def run_bench(
             "weights": str(trainer.weight_dtype),
             "gradient_checkpointing": train.gradient_checkpointing,
             "lora_rank": train.lora_rank,
+            "audio": audio,
             "gradient_accumulation_steps": train.gradient_accumulation_steps,
             "optimizer": train.optimizer,
             "torch": torch.__version__,
@@ -213,12 +230,13 @@ def format_result(result: BenchResult) -> str:
         [
             f"{result.family}/{result.flavour} on {result.device}: "
             f"{result.resolution}x{result.num_frames} frames, "
-            f"batch {result.batch_size}, {result.tokens_per_sample} video tokens per sample",
+            f"batch {result.batch_size}, {result.tokens_per_sample} video tokens per sample"
+            + (f" + {result.audio_tokens_per_sample} audio tokens" if result.audio_tokens_per_sample else ""),
             f"  params           {result.params_total / 1e9:.3f} B total, "
             f"{result.params_trainable / 1e6:.2f} M trainable "
             f"(built in {result.build_seconds:.1f} s)",
             f"  s/step (median)  {result.s_per_step_median:.4f}  over {len(result.s_per_step_all)} steps",
-            f"  tokens/s         {result.tokens_per_s:,.0f}",
+            f"  tokens/s         {result.tokens_per_s:,.0f} (video)",
             f"  peak memory      {mem}",
             f"  FLOPs/step       {result.flops_per_step:.4g} ({result.flops_method})",
             f"  achieved         {result.achieved_tflops:.3f} TFLOP/s; MFU {mfu}",

@@ -160,13 +160,14 @@ def cmd_demo(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
-    from cinetune.benchmark import format_result, run_bench, write_json
+    from cinetune.benchmark import bench_audio_datasets, format_result, run_bench, write_json
     from cinetune.config import parse_overrides
-    from cinetune.config.load import build_train_config, read_file
+    from cinetune.config.load import build_data_config, build_train_config, read_file
 
     raw: dict[str, Any] = {}
     path = _config_path(args.config)
-    if path is not None and (args.config or not args.family):
+    from_file = path is not None and bool(args.config or not args.family)
+    if from_file:
         raw.update(read_file(path))
     raw.update(parse_overrides(extra))
     if args.family:
@@ -178,8 +179,15 @@ def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
     raw.setdefault("report_to", "none")
     train = build_train_config(raw, where="bench")
     width, height = _parse_size(args.resolution)
+    data = None  # the config's dataset file says whether audio trains (an `audio` block); none is read
+    if args.audio:
+        data = bench_audio_datasets()
+    elif from_file:
+        backend = Path(train.data_backend_config)
+        if backend.is_file():
+            data = build_data_config(read_file(backend), where=str(backend))
     result = run_bench(
-        train, (width, height), args.frames, args.batch, args.steps, args.warmup, args.peak_tflops
+        train, (width, height), args.frames, args.batch, args.steps, args.warmup, args.peak_tflops, data
     )
     console.print(format_result(result), highlight=False)
     if args.json:
@@ -199,12 +207,13 @@ def _parse_size(text: str) -> tuple[int, int]:
 def cmd_keys(args: argparse.Namespace, extra: list[str]) -> int:
     from rich.table import Table
 
-    from cinetune.config import DatasetConfig, TrainConfig, VideoOptions
+    from cinetune.config import AudioOptions, DatasetConfig, TrainConfig, VideoOptions
 
     for title, model in (
         ("config.json", TrainConfig),
         ("multidatabackend.json entry", DatasetConfig),
         ("dataset video block", VideoOptions),
+        ("dataset audio block", AudioOptions),
     ):
         table = Table(title=title, show_lines=False)
         table.add_column("key", no_wrap=True)
@@ -249,6 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=10, help="timed steps; the median is reported (default 10)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
     p.add_argument("--peak_tflops", type=float, default=None, help="device dense bf16 peak for MFU")
+    p.add_argument(
+        "--audio",
+        action="store_true",
+        help="train audio too, as with a dataset `audio` block (LTX-2; default: as the config's datasets)",
+    )
     p.add_argument("--json", help="write the figures to this file")
     p = sub.add_parser("demo", help="train a tiny model on built-in synthetic clips")
     p.add_argument("--output_dir", default="demo_output")

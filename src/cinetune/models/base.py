@@ -211,9 +211,9 @@ class ModelFamily(ABC):
         return {"prompt_embeds": torch.randn(num_tokens, config["caption_channels"])}
 
     def synthetic_latents(
-        self, config: dict[str, Any], width: int, height: int, num_frames: int
+        self, config: dict[str, Any], width: int, height: int, num_frames: int, frame_rate: float = 25.0
     ) -> dict[str, torch.Tensor]:
-        """Random cached-latent tensors of the exact shape `encode_video` produces for one clip."""
+        """Random cached-latent tensors of the exact shape `encode_sample` produces for one clip."""
         temporal, spatial = self.latent_compression
         shape = (config["in_channels"], (num_frames - 1) // temporal + 1, height // spatial, width // spatial)
         return {"latents": torch.randn(shape), "latents_std": torch.rand(shape) * 0.1}

@@ -50,3 +50,26 @@ def test_unknown_attention_backend_is_a_config_error() -> None:
 def test_regional_compile_trains_like_eager() -> None:
     reference = _losses()
     assert _losses(compile_transformer_blocks=True) == pytest.approx(reference, rel=1e-4, abs=1e-5)
+
+
+def test_checkpointing_every_nth_block_keeps_the_losses(monkeypatch) -> None:
+    import torch.utils.checkpoint
+
+    calls: list[int] = []
+    real = torch.utils.checkpoint.checkpoint
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", counting)
+    reference = _losses()
+    assert not calls
+    every = _losses(gradient_checkpointing=True)
+    per_forward = len(calls) / 3  # 3 steps
+    calls.clear()
+    half = _losses(gradient_checkpointing=True, gradient_checkpointing_interval=2)
+    assert per_forward >= 2 and len(calls) / 3 == pytest.approx(per_forward / 2, abs=0.5)
+    assert every == pytest.approx(reference, rel=1e-5) and half == pytest.approx(reference, rel=1e-5)
+    with pytest.raises(ConfigError, match="no effect without gradient_checkpointing"):
+        build_train_config({"model_family": "ltxvideo", "gradient_checkpointing_interval": 2})

@@ -75,6 +75,12 @@ class TrainConfig(BaseModel):
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in backward to save memory."
     )
+    gradient_checkpointing_interval: int = Field(
+        1,
+        ge=1,
+        description="With gradient_checkpointing: recompute 1 transformer block in N (1: every block, least "
+        "memory; larger N keeps more activations and recomputes less: faster, more memory).",
+    )
     seed: int = Field(42, description="Seed of everything random: frame windows, noise, sigmas, dropout.")
     optimizer: Literal["adamw", "adamw_fused"] = Field("adamw", description="Optimizer: torch AdamW.")
     adam_beta1: float = Field(0.9, description="AdamW beta1.")
@@ -211,6 +217,11 @@ class TrainConfig(BaseModel):
             )
         if self.mixed_precision == "fp32":
             self.mixed_precision = "no"
+        if self.gradient_checkpointing_interval > 1 and not self.gradient_checkpointing:
+            raise ValueError(
+                "gradient_checkpointing_interval has no effect without gradient_checkpointing: "
+                "set gradient_checkpointing true, or remove the interval"
+            )
         return self
 
     @property

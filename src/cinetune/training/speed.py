@@ -1,14 +1,19 @@
-"""Speed options applied to the transformer after LoRA injection: attention backend, regional compilation.
+"""Speed options applied to the transformer after LoRA injection: gradient checkpointing granularity,
+attention backend, regional compilation.
 
-Both use diffusers' own machinery: the attention dispatcher (`set_attention_backend`) and
-`compile_repeated_blocks`, which compiles one transformer block class once and reuses it for every block.
+All use diffusers' own machinery: `enable_gradient_checkpointing(gradient_checkpointing_func)`, the attention
+dispatcher (`set_attention_backend`) and `compile_repeated_blocks`, which compiles one transformer block class
+once and reuses it for every block.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import torch
+import torch.utils.checkpoint
 from diffusers.models.attention_dispatch import AttentionBackendName
 
 from cinetune.errors import ConfigError
@@ -25,12 +30,21 @@ def check_attention_backend(name: str) -> str:
 
 
 def apply_attention_backend(model: torch.nn.Module, name: str) -> None:
-    """Route every attention call of `model` through the diffusers backend `name` (native = torch SDPA)."""
-    if name == "native":
-        return  # diffusers' default
+    """Route every attention call of `model` through the diffusers backend `name` (native = torch SDPA).
+
+    diffusers also keeps a process-wide active backend that `set_attention_backend` changes: it is set even
+    for `native` (so a backend tried earlier in the process does not linger) and restored when `name`
+    cannot run here.
+    """
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    previous = _AttentionBackendRegistry.get_active_backend()[0]
+    if name == "native" and previous == AttentionBackendName.NATIVE:
+        return  # diffusers' default, already active
     try:
         model.set_attention_backend(name)
     except (RuntimeError, ValueError, ImportError) as exc:
+        _AttentionBackendRegistry.set_active_backend(previous)
         raise ConfigError(f"attention_backend '{name}' cannot run here: {exc}") from exc
     logger.info("attention backend: %s", name)
 
@@ -39,3 +53,26 @@ def apply_regional_compile(model: torch.nn.Module) -> None:
     """torch.compile each repeated transformer block (compiled once, reused by every block of that class)."""
     model.compile_repeated_blocks()
     logger.info("compiled the repeated blocks %s", getattr(model, "_repeated_blocks", []))
+
+
+def apply_gradient_checkpointing(model: torch.nn.Module, interval: int) -> None:
+    """Recompute the activations of one transformer block in `interval` in backward (1: every block).
+
+    diffusers' blocks loops call `model._gradient_checkpointing_func(block, *args)` for every block while
+    checkpointing is on; this function checkpoints blocks 0, interval, 2 * interval, ... of each block list
+    and runs the others plainly, keeping their activations: fewer recomputed blocks, more memory.
+    """
+    position: dict[int, int] = {}
+    for name, child in model.named_children():
+        if isinstance(child, torch.nn.ModuleList) and "block" in name:
+            position.update({id(block): index for index, block in enumerate(child)})
+
+    def checkpoint_every_nth(block: torch.nn.Module, *args: Any) -> Any:
+        if position.get(id(block), 0) % interval:
+            return block(*args)
+        return torch.utils.checkpoint.checkpoint(block.__call__, *args, use_reentrant=False)
+
+    func: Callable[..., Any] | None = checkpoint_every_nth if interval > 1 else None
+    model.enable_gradient_checkpointing(func)
+    if interval > 1:
+        logger.info("gradient checkpointing: 1 block in %d (%d blocks)", interval, len(position))

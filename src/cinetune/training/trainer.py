@@ -29,7 +29,11 @@ from cinetune.training.checkpoint import Checkpointer, resolve_checkpoint
 from cinetune.training.metrics import MetricsLog, make_progress
 from cinetune.training.optim import build_optimizer, build_scheduler
 from cinetune.training.sampler import Item, check_batchable, epoch_batches
-from cinetune.training.speed import apply_attention_backend, apply_regional_compile
+from cinetune.training.speed import (
+    apply_attention_backend,
+    apply_gradient_checkpointing,
+    apply_regional_compile,
+)
 from cinetune.training.state import TrainState
 from cinetune.training.validation import Validator, condition_images, training_media, validation_prompts
 
@@ -208,7 +212,7 @@ class Trainer:
         if cfg.init_lora:
             _load_init_lora(transformer, cfg.init_lora)
         if cfg.gradient_checkpointing:
-            transformer.enable_gradient_checkpointing()
+            apply_gradient_checkpointing(transformer, cfg.gradient_checkpointing_interval)
         apply_attention_backend(transformer, cfg.attention_backend)
         if cfg.compile_transformer_blocks:
             apply_regional_compile(transformer)

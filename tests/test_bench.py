@@ -12,14 +12,14 @@ from cinetune.cli import main
 from cinetune.models.registry import build_family
 
 
-def _bench(tmp_path: Path, name: str, *extra: str, family: str = "ltxvideo") -> dict:
+def _bench(tmp_path: Path, name: str, *extra: str, family: str = "ltxvideo", flavour: str = "tiny") -> dict:
     path = tmp_path / f"{name}.json"
     args = [
         "bench",
         "--family",
         family,
         "--flavour",
-        "tiny",
+        flavour,
         "--resolution",
         "64x64",
         "--frames",
@@ -181,3 +181,12 @@ def test_speed_options_bench_runs_each_variant_and_survives_unusable_backends(tm
     rows = {row["variant"]: row for row in groups["checkpointing"]}
     assert all("error" not in row for row in rows.values())
     assert rows["1 block in 2"]["settings"]["gradient_checkpointing_interval"] == 2
+
+
+@pytest.mark.parametrize("flavour", ["tiny", "tiny-i2v"])
+def test_bench_kandinsky5_tiny_reports_figures(tmp_path: Path, flavour: str) -> None:
+    result = _bench(
+        tmp_path, flavour, "--gradient_checkpointing=true", family="kandinsky5-video", flavour=flavour
+    )
+    assert result["flavour"] == flavour and result["s_per_step_median"] > 0 and result["flops_per_step"] > 0
+    assert result["num_frames"] == 9  # 4k+1

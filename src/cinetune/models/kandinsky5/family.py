@@ -224,7 +224,7 @@ class Kandinsky5VideoFamily(ModelFamily):
         }
 
     def synthetic_latents(
-        self, config: dict[str, Any], width: int, height: int, num_frames: int
+        self, config: dict[str, Any], width: int, height: int, num_frames: int, frame_rate: float = 24.0
     ) -> dict[str, torch.Tensor]:
         shape = (config["in_visual_dim"], (num_frames - 1) // 4 + 1, height // 8, width // 8)
         out = {"latents": torch.randn(shape), "latents_std": torch.rand(shape) * 0.1}

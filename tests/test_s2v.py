@@ -58,6 +58,10 @@ def test_s2v_config_rules() -> None:
     assert [d.id for d in data.media] == ["clips"]  # an audio dataset holds no samples of its own
     with_block = {**_VIDEO, "s2v_datasets": ["sounds"], "audio": {"auto_split": False, "channels": 1}}
     assert build_data_config(_entries(with_block, _AUDIO)).media[0].audio.channels == 1
+    off = build_data_config(
+        [{**_VIDEO, "id": "v2"}, *_entries({**_VIDEO, "s2v_datasets": "sounds", "disabled": True}, _AUDIO)]
+    )
+    assert [d.id for d in off.media] == ["v2"]  # the audio dataset of a disabled video dataset is unused
     bad = [
         (
             {**_VIDEO, "s2v_datasets": "sounds", "audio": {"auto_split": True}},

@@ -297,7 +297,8 @@ class DataBackendConfig(BaseModel):
                         "enabled dataset with dataset_type 'audio'"
                     )
                 linked.add(link)
-        unlinked = sorted(set(audio) - linked)
+        linked.update(link for d in self.datasets if d.disabled for link in d.s2v_datasets or [])
+        unlinked = sorted(set(audio) - linked)  # (one a disabled video dataset links is just unused)
         if unlinked:
             raise ValueError(
                 f"audio dataset(s) {', '.join(unlinked)} not linked by any video dataset: audio-only "

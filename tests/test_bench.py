@@ -190,3 +190,18 @@ def test_bench_kandinsky5_tiny_reports_figures(tmp_path: Path, flavour: str) -> 
     )
     assert result["flavour"] == flavour and result["s_per_step_median"] > 0 and result["flops_per_step"] > 0
     assert result["num_frames"] == 9  # 4k+1
+
+
+def test_mfu_counts_model_flops_not_the_checkpointing_recompute(tmp_path: Path) -> None:
+    plain = _bench(tmp_path, "plain")
+    every = _bench(tmp_path, "gc", "--gradient_checkpointing=true")
+    half = _bench(tmp_path, "gc2", "--gradient_checkpointing=true", "--gradient_checkpointing_interval=2")
+    assert plain["flops_recomputed_per_step"] == 0
+    for run in (every, half):  # model FLOPs are the same with or without recomputation
+        assert run["flops_per_step"] == pytest.approx(plain["flops_per_step"], rel=1e-6)
+    # every block recomputed: the blocks' forward, about half a LoRA step (frozen weights get no weight
+    # gradients, so backward costs about one forward)
+    assert 0.3 < every["flops_recomputed_per_step"] / plain["flops_per_step"] < 0.7
+    assert half["flops_recomputed_per_step"] == pytest.approx(
+        every["flops_recomputed_per_step"] / 2, rel=0.05
+    )

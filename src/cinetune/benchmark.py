@@ -26,6 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from cinetune.config import AudioOptions, DataBackendConfig, DatasetConfig, LoadedConfig, TrainConfig
 from cinetune.training.batches import Batch
+from cinetune.training.speed import apply_gradient_checkpointing
 from cinetune.training.trainer import Trainer
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class BenchResult:
     s_per_step_all: list[float]
     tokens_per_s: float
     flops_per_step: float
+    flops_recomputed_per_step: float
     flops_method: str
     achieved_tflops: float
     peak_tflops: float | None
@@ -158,15 +160,14 @@ def run_bench(
             torch.cuda.max_memory_allocated(device) / 2**30,
             torch.cuda.max_memory_reserved(device) / 2**30,
         )
-    with FlopCounterMode(display=False) as counter:
-        trainer.optimizer_step(micro)
-    flops = float(counter.get_total_flops())
+    flops, recomputed = count_step_flops(trainer, micro)
+    model_flops = flops - recomputed
     median = statistics.median(times)
     tokens = family.num_tokens(micro[0].latents.shape) // batch
     audio_latents = micro[0].tensors.get("audio_latents")
     audio_tokens = int(audio_latents.shape[1]) if audio_latents is not None else 0
     peak = device_peak_tflops(device, peak_tflops)
-    achieved = flops / median / 1e12
+    achieved = model_flops / median / 1e12
     return BenchResult(
         family=family.name,
         flavour=family.loader.flavour,
@@ -182,8 +183,10 @@ def run_bench(
         s_per_step_median=median,
         s_per_step_all=times,
         tokens_per_s=tokens * batch * train.gradient_accumulation_steps / median,  # video tokens
-        flops_per_step=flops,
-        flops_method="counted (torch.utils.flop_counter, one step, forward+backward)",
+        flops_per_step=model_flops,
+        flops_recomputed_per_step=recomputed,
+        flops_method="counted (torch.utils.flop_counter over one step: forward + backward, without the "
+        "forward work gradient checkpointing repeats in backward)",
         achieved_tflops=achieved,
         peak_tflops=peak,
         mfu=achieved / peak if peak else None,
@@ -205,6 +208,47 @@ def run_bench(
             "python": sys.version.split()[0],
         },
     )
+
+
+class _FlopSum:
+    """A context manager that counts FLOPs each time it is entered and sums them (FlopCounterMode itself
+    clears its counts on every entry)."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self._open: list[FlopCounterMode] = []
+
+    def __enter__(self) -> _FlopSum:
+        counter = FlopCounterMode(display=False)
+        counter.__enter__()
+        self._open.append(counter)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        counter = self._open.pop()
+        counter.__exit__(*exc)
+        self.total += counter.get_total_flops()
+
+
+def count_step_flops(trainer: Trainer, micro: list[Batch]) -> tuple[float, float]:
+    """(FLOPs executed by one optimizer step, of which recomputed by gradient checkpointing in backward).
+
+    MFU counts model FLOPs: the step's forward and backward once. Checkpointing runs the checkpointed
+    blocks' forward a second time inside backward; those FLOPs are counted apart, while they run, by a
+    second counter the checkpointing function enters during the recomputation.
+    """
+    recompute = _FlopSum()
+    model = trainer.acc.unwrap_model(trainer.model)
+    checkpointing = trainer.cfg.gradient_checkpointing
+    if checkpointing:
+        apply_gradient_checkpointing(model, trainer.cfg.gradient_checkpointing_interval, recompute)
+    try:
+        with FlopCounterMode(display=False) as counter:
+            trainer.optimizer_step(micro)
+    finally:
+        if checkpointing:
+            apply_gradient_checkpointing(model, trainer.cfg.gradient_checkpointing_interval)
+    return float(counter.get_total_flops()), float(recompute.total)
 
 
 def _device_name(device: torch.device) -> str:
@@ -241,7 +285,12 @@ def format_result(result: BenchResult) -> str:
             f"  s/step (median)  {result.s_per_step_median:.4f}  over {len(result.s_per_step_all)} steps",
             f"  tokens/s         {result.tokens_per_s:,.0f} (video)",
             f"  peak memory      {mem}",
-            f"  FLOPs/step       {result.flops_per_step:.4g} ({result.flops_method})",
+            f"  FLOPs/step       {result.flops_per_step:.4g} ({result.flops_method})"
+            + (
+                f"; {result.flops_recomputed_per_step:.4g} more recomputed by checkpointing"
+                if result.flops_recomputed_per_step
+                else ""
+            ),
             f"  achieved         {result.achieved_tflops:.3f} TFLOP/s; MFU {mfu}",
             f"  settings         {json.dumps(result.settings)}",
         ]

@@ -55,12 +55,16 @@ def apply_regional_compile(model: torch.nn.Module) -> None:
     logger.info("compiled the repeated blocks %s", getattr(model, "_repeated_blocks", []))
 
 
-def apply_gradient_checkpointing(model: torch.nn.Module, interval: int) -> None:
+def apply_gradient_checkpointing(
+    model: torch.nn.Module, interval: int, recompute_mode: Any | None = None
+) -> None:
     """Recompute the activations of one transformer block in `interval` in backward (1: every block).
 
     diffusers' blocks loops call `model._gradient_checkpointing_func(block, *args)` for every block while
     checkpointing is on; this function checkpoints blocks 0, interval, 2 * interval, ... of each block list
     and runs the others plainly, keeping their activations: fewer recomputed blocks, more memory.
+    `recompute_mode` (a context manager, e.g. a FlopCounterMode) is entered while a block is recomputed in
+    backward: `cinetune bench` counts the recomputed FLOPs with it.
     """
     position: dict[int, int] = {}
     for name, child in model.named_children():
@@ -70,9 +74,20 @@ def apply_gradient_checkpointing(model: torch.nn.Module, interval: int) -> None:
     def checkpoint_every_nth(block: torch.nn.Module, *args: Any) -> Any:
         if position.get(id(block), 0) % interval:
             return block(*args)
-        return torch.utils.checkpoint.checkpoint(block.__call__, *args, use_reentrant=False)
+        if recompute_mode is None:
+            return torch.utils.checkpoint.checkpoint(block.__call__, *args, use_reentrant=False)
 
-    func: Callable[..., Any] | None = checkpoint_every_nth if interval > 1 else None
+        def run(*inputs: Any) -> Any:
+            if torch._C._current_graph_task_id() == -1:  # the forward pass
+                return block(*inputs)
+            with recompute_mode:  # inside backward: the recomputation
+                return block(*inputs)
+
+        return torch.utils.checkpoint.checkpoint(run, *args, use_reentrant=False)
+
+    func: Callable[..., Any] | None = (
+        checkpoint_every_nth if interval > 1 or recompute_mode is not None else None
+    )
     model.enable_gradient_checkpointing(func)
     if interval > 1:
         logger.info("gradient checkpointing: 1 block in %d (%d blocks)", interval, len(position))

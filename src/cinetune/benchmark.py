@@ -4,7 +4,8 @@ Speed and memory do not depend on weight values, so the flavour's transformer is
 config with random weights created directly on the device, fed synthetic latents and caption embeddings of
 the exact cached shapes, and trained by the trainer's own `setup_model` / `optimizer_step` (the code path of
 `cinetune train`). FLOPs are counted by `torch.utils.flop_counter.FlopCounterMode` over one step (forward
-and backward as executed, frozen weights included).
+and backward as executed, frozen weights included); MFU uses them without the forward work that gradient
+checkpointing repeats in backward (model FLOPs), which is counted and reported apart.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from cinetune.data.video_io import (
     VIDEO_EXTS,
     MediaError,
     MediaInfo,
+    list_files,
     probe,
     read_window,
     resampled_length,
@@ -60,14 +61,7 @@ def discover_files(ds: DatasetConfig) -> list[Path]:
     root = ds.instance_data_dir
     if root is None or not root.is_dir():
         raise DataError(f"dataset '{ds.id}': instance_data_dir {root} is not a folder")
-    exts = IMAGE_EXTS if ds.dataset_type == "image" else VIDEO_EXTS
-    return sorted(
-        path
-        for path in root.rglob("*")
-        if path.suffix.lower() in exts
-        and path.is_file()
-        and not any(part.startswith(".") for part in path.relative_to(root).parts)
-    )
+    return list_files(root, IMAGE_EXTS if ds.dataset_type == "image" else VIDEO_EXTS)
 
 
 def draw_window_starts(

@@ -16,6 +16,7 @@ from pathlib import Path
 import av
 
 from cinetune.config.dataset import DatasetConfig
+from cinetune.data.video_io import list_files
 from cinetune.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -41,13 +42,7 @@ def audio_files(ds: DatasetConfig) -> list[Path]:
     root = ds.instance_data_dir
     if root is None or not root.is_dir():
         raise DataError(f"audio dataset '{ds.id}': instance_data_dir {root} is not a folder")
-    return sorted(
-        path
-        for path in root.rglob("*")
-        if path.suffix.lower() in AUDIO_EXTS
-        and path.is_file()
-        and not any(part.startswith(".") for part in path.relative_to(root).parts)
-    )
+    return list_files(root, AUDIO_EXTS)
 
 
 def audio_stream_problem(path: Path) -> str | None:

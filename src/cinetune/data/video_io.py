@@ -25,6 +25,19 @@ logger = logging.getLogger(__name__)
 VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".webm", ".avi"}
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
+
+def list_files(root: Path, exts: frozenset[str] | set[str]) -> list[Path]:
+    """Files under `root` with one of `exts` (lower case, with the dot), recursive and sorted; hidden files
+    and folders (macOS writes '._clip.mp4' resource forks) are left out."""
+    return sorted(
+        path
+        for path in root.rglob("*")
+        if path.suffix.lower() in exts
+        and path.is_file()
+        and not any(part.startswith(".") for part in path.relative_to(root).parts)
+    )
+
+
 # Header frame counts can be off by one or two (edit lists, a dropped trailing B-frame): a shortfall this
 # small repeats the last decoded frame, anything larger means the file is truncated.
 _MISSING_FRAMES_TOLERATED = 2

@@ -1,7 +1,8 @@
 """Where LTX-2 weights come from: the combined original file, a diffusers folder, or the built-in tiny model.
 
 `pretrained_model_name_or_path` may be
-- a hub repo holding the combined file (Lightricks/LTX-2; `ltx2_checkpoint_filename` picks the file),
+- a hub repo holding the combined file (Lightricks/LTX-2 or Lightricks/LTX-2.3; the flavour's default file,
+  `ltx-2-19b-dev.safetensors` / `ltx-2.3-22b-dev.safetensors`, or `ltx2_checkpoint_filename` picks the file),
 - a local folder holding the combined file (same key),
 - the path of the `.safetensors` file itself,
 - a diffusers-format folder (model_index.json, transformer/, vae/, ...), read by `ComponentLoader`.
@@ -19,11 +20,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import init_empty_weights
+from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder, LTX2VocoderWithBWE
 from safetensors import safe_open
 
 from cinetune.errors import ConfigError
@@ -34,6 +37,8 @@ from cinetune.models.ltxvideo2.convert import component_keys, diffusers_key_map
 
 logger = logging.getLogger(__name__)
 DEFAULT_CHECKPOINT = "ltx-2-19b-dev.safetensors"
+LTX2_3_CHECKPOINT = "ltx-2.3-22b-dev.safetensors"
+TINY_FLAVOURS = {"tiny": "2.0", "tiny-2.3": "2.3"}  # built-in tiny models (tiny.py) by the release they mimic
 _FROM_FILE = {
     "transformer": configs.transformer_config,
     "connectors": configs.connectors_config,
@@ -42,6 +47,7 @@ _FROM_FILE = {
     "vocoder": configs.vocoder_config,
 }
 _GEMMA_PARTS = ("text_encoder", "tokenizer")
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 
 
 class LTX2Loader:
@@ -57,7 +63,7 @@ class LTX2Loader:
         self.revision = flavour.revision
         self.fallback_repo = flavour.repo
         self.filename = checkpoint_filename or flavour.extra.get("checkpoint_filename", DEFAULT_CHECKPOINT)
-        self.is_builtin_tiny = source is None and flavour.name == "tiny"
+        self.is_builtin_tiny = source is None and flavour.name in TINY_FLAVOURS
         if source is None and not self.is_builtin_tiny:
             raise ConfigError(f"flavour '{flavour.name}' has no hub repo: set pretrained_model_name_or_path")
         self._mode: str | None = "tiny" if self.is_builtin_tiny else None
@@ -114,12 +120,20 @@ class LTX2Loader:
     # ---- loading -------------------------------------------------------------------------------------------
     def load(self, cls: type, subfolder: str, **kwargs: Any) -> Any:
         if self.mode == "diffusers":
+            if subfolder == "vocoder":
+                cls = self._diffusers_vocoder_class()
             return self._diffusers.load(cls, subfolder, **kwargs)
         if subfolder in _GEMMA_PARTS:
             return self._gemma_loader().load(cls, subfolder, **kwargs)
         if subfolder not in _FROM_FILE:
             raise ConfigError(f"the LTX-2 combined checkpoint has no '{subfolder}' component")
         return load_component(self.checkpoint_path(), subfolder, cls, kwargs.get("torch_dtype"))
+
+    def _diffusers_vocoder_class(self) -> type:
+        """LTX2Vocoder (2.0) or LTX2VocoderWithBWE (2.3), as the folder's vocoder/config.json names it."""
+        path = Path(self.source) / "vocoder" / "config.json"
+        name = json.loads(path.read_text()).get("_class_name") if path.is_file() else None
+        return LTX2VocoderWithBWE if name == LTX2VocoderWithBWE.__name__ else LTX2Vocoder
 
     def identity(self, subfolder: str) -> str:
         """Fingerprint for cache keys: the source and the size / time of the file(s) the component comes
@@ -154,7 +168,8 @@ def _mode(source: str, filename: str) -> str:
             "ltx2_checkpoint_filename to the combined .safetensors file it holds) nor a diffusers-format "
             "model (model_index.json, transformer/)"
         )
-    if path.suffix or path.is_absolute() or source.startswith("."):
+    # a hub id is owner/name, where the name may hold dots (Lightricks/LTX-2.3)
+    if path.is_absolute() or source.startswith(".") or not _HUB_ID.fullmatch(source):
         raise ConfigError(f"pretrained_model_name_or_path: '{source}' does not exist")
     return "hub"
 
@@ -181,6 +196,8 @@ def load_component(
     with safe_open(str(path), framework="pt") as handle:
         shapes = {new: tuple(handle.get_slice(old).get_shape()) for old, new in mapping.items()}
         config = _FROM_FILE[component](meta, shapes)
+        if component == "vocoder":  # with or without LTX-2.3's bandwidth extension, as the file holds
+            cls = configs.vocoder_class(config)
         with init_empty_weights():
             model = cls.from_config(config)
         state = {}

@@ -1,11 +1,18 @@
 """The LTX-2 combined checkpoint, component by component: original key names -> diffusers, configs from
 metadata.
 
-The released file (`ltx-2-19b-dev.safetensors`) holds every component under a key prefix and the original
-(ltx-core) configuration as JSON in the safetensors metadata (`config`). Each component is converted alone:
-`component_keys` picks its keys, `to_diffusers` renames them, `diffusers_config` builds the diffusers config
-from the metadata. Missing metadata values take ltx-core's defaults (the reference implementation reading the
-same file); a file without metadata gets the published LTX-2.0 diffusers configs.
+The released files (`ltx-2-19b-dev.safetensors` for LTX-2.0, `ltx-2.3-22b-dev.safetensors` for LTX-2.3)
+hold every component under a key prefix and the original (ltx-core) configuration as JSON in the safetensors
+metadata (`config`). Each component is converted alone: `component_keys` picks its keys, `to_diffusers_key`
+renames them, configs.py builds the diffusers config from the metadata and the tensor shapes. Missing metadata
+values take ltx-core's defaults (the reference implementation reading the same file).
+
+LTX-2.3 adds no new prefixes: its gated attention (`to_gate_logits`), per-block `prompt_scale_shift_table`
+and the text connectors' gates keep their names, `prompt_adaln_single` becomes `prompt_adaln`, the
+per-modality text projections (`video_aggregate_embed`, `audio_aggregate_embed`) become `video_text_proj_in`
+/ `audio_text_proj_in`, and the vocoder with bandwidth extension nests the old names under `vocoder.` /
+`bwe_generator.` beside the `mel_stft.` buffers (BigVGAN-v2 anti-aliased activations: `act_post` ->
+`act_out`, `downsample.lowpass.filter` -> `downsample.filter`).
 
 Renames work on whole dotted segments, so a short name never rewrites part of a longer one
 (`adaln_single` inside `av_ca_a2v_gate_adaln_single`).
@@ -45,7 +52,10 @@ VOCODER_RENAMES = {
     "resnets": "resblocks",
     "conv_in": "conv_pre",
     "conv_out": "conv_post",
+    "act_out": "act_post",
 }
+# The video decoder's own timestep conditioning (top level of `decoder.` only; its blocks keep their names).
+_DECODER_RENAMES = {"time_embedder": "last_time_embedder", "scale_shift_table": "last_scale_shift_table"}
 _STATS = {
     "latents_mean": "per_channel_statistics.mean-of-means",
     "latents_std": "per_channel_statistics.std-of-means",
@@ -100,7 +110,7 @@ def to_diffusers_key(key: str, component: str, encoder_depth: int = 9) -> str | 
     if component == "audio_vae":
         return _stats_key(key.removeprefix("audio_vae."))
     if component == "vocoder":
-        return rename_segments(key.removeprefix("vocoder."), _inverse(VOCODER_RENAMES))
+        return _vocoder_key(key.removeprefix("vocoder."))
     raise ValueError(f"unknown component {component}")
 
 
@@ -115,6 +125,24 @@ def _connector_key(key: str) -> str:
         if key.startswith(prefix):
             return target + rename_segments(key.removeprefix(prefix), _inverse(CONNECTOR_RENAMES))
     raise ValueError(f"not a connector key: {key}")
+
+
+def _vocoder_key(key: str) -> str:
+    """Original vocoder key -> diffusers. ltx-core's anti-aliasing DownSample1d keeps its filter in a
+    LowPassFilter1d child (`lowpass`), diffusers' holds it itself."""
+    parts = rename_segments(key, _inverse(VOCODER_RENAMES)).split(".")
+    kept = [p for i, p in enumerate(parts) if not (p == "lowpass" and i > 0 and parts[i - 1] == "downsample")]
+    return ".".join(kept)
+
+
+def _vocoder_original(key: str) -> str:
+    parts = rename_segments(key, VOCODER_RENAMES).split(".")
+    out: list[str] = []
+    for i, part in enumerate(parts):
+        out.append(part)
+        if part == "downsample" and parts[i + 1 : i + 2] == ["filter"]:
+            out.append("lowpass")
+    return "vocoder." + ".".join(out)
 
 
 def _stats_key(key: str) -> str | None:
@@ -137,6 +165,10 @@ def _video_vae_key(key: str, encoder_depth: int) -> str | None:
     if key is None:
         return None
     key = rename_segments(key, {"res_blocks": "resnets"})
+    head, _, rest = key.partition(".")
+    if head == "decoder":
+        name, dot, tail = rest.partition(".")
+        key = f"decoder.{_inverse(_DECODER_RENAMES).get(name, name)}{dot}{tail}"
     match = re.match(r"^(encoder\.down_blocks|decoder\.up_blocks)\.(\d+)\.(.*)$", key)
     if not match:
         return key
@@ -194,13 +226,10 @@ def to_original_state_dict(diffusers_sd: dict[str, Any], component: str) -> dict
 def _original_key(key: str, component: str, sd: dict[str, Any]) -> str:
     if component == "connectors":
         return _connector_original(key)
-    renamed = {
-        "transformer": (TRANSFORMER_PREFIX, TRANSFORMER_RENAMES),
-        "vocoder": ("vocoder.", VOCODER_RENAMES),
-    }
-    if component in renamed:
-        prefix, renames = renamed[component]
-        return prefix + rename_segments(key, renames)
+    if component == "transformer":
+        return TRANSFORMER_PREFIX + rename_segments(key, TRANSFORMER_RENAMES)
+    if component == "vocoder":
+        return _vocoder_original(key)
     if key in _STATS:
         return f"{COMPONENT_PREFIXES[component]}{_STATS[key]}"
     if component == "audio_vae":
@@ -223,6 +252,10 @@ def _video_vae_original(key: str, sd: dict[str, Any]) -> str:
         return f"encoder.down_blocks.{2 * depth}." + key.removeprefix("encoder.mid_block.")
     if key.startswith("decoder.mid_block."):
         return "decoder.up_blocks.0." + key.removeprefix("decoder.mid_block.")
+    head, _, rest = key.partition(".")
+    name, dot, tail = rest.partition(".")
+    if head == "decoder" and name in _DECODER_RENAMES:
+        return f"decoder.{_DECODER_RENAMES[name]}{dot}{tail}"
     match = re.match(r"^(encoder\.down_blocks|decoder\.up_blocks)\.(\d+)\.(.*)$", key)
     if not match:
         return key

@@ -1,4 +1,5 @@
-"""The ltxvideo2 family: LTX-2 (19B audio + video DiT, Gemma3 text) on diffusers' LTX2 classes.
+"""The ltxvideo2 family: LTX-2.0 (19B) and LTX-2.3 (22B) audio + video DiTs, Gemma3 text, on diffusers' LTX2
+classes.
 
 Facts followed (TRAINING_FACTS.md sections 0, 2, 4): video latents as LTX-Video (128 ch, 32x / 8x, normalized
 posterior mean, frame -> row -> col tokens); Gemma3 prompts left-padded to 1024, 49 stacked hidden states,
@@ -7,7 +8,10 @@ connectors (text.py); audio 16 kHz stereo log-mel -> audio VAE -> 25 tokens/s (a
 passed to the transformer as 1000 sigma; sigmas from the LTX-2 trainer's stretched shifted logit-normal, each
 modality with mu of its own token count (flow.py); loss = video + audio, each masked, per sample; first-frame
 conditioning: clean first-frame tokens, timestep 0, no loss. LTX-2.0 cross-attention timesteps are each
-stream's own (`use_cross_timestep=False`), as the released model was trained.
+stream's own (`use_cross_timestep=False`), as the released model was trained. LTX-2.3 (the same objective
+and sigma sampling in the LTX-2 trainer) takes each stream's sigma for its prompt AdaLN and the other
+stream's sigma for the A/V cross-attention modulation (`use_cross_timestep=True`, ltx-core 1.0.0's
+`cross_modality.sigma`); its text cache holds the per-modality projections (text.py).
 """
 
 from __future__ import annotations
@@ -36,7 +40,12 @@ from cinetune.models.base import Flavour, FrameRule, GeneratedVideo, ModelFamily
 from cinetune.models.ltxvideo.family import ltx_mu, pack_latents
 from cinetune.models.ltxvideo2 import audio_latents, configs, pipelines, tiny
 from cinetune.models.ltxvideo2 import text as text_module
-from cinetune.models.ltxvideo2.checkpoint import DEFAULT_CHECKPOINT, LTX2Loader
+from cinetune.models.ltxvideo2.checkpoint import (
+    DEFAULT_CHECKPOINT,
+    LTX2_3_CHECKPOINT,
+    TINY_FLAVOURS,
+    LTX2Loader,
+)
 from cinetune.models.ltxvideo2.convert import TRANSFORMER_RENAMES
 from cinetune.models.ltxvideo2.flow import (
     first_frame_mask,
@@ -66,10 +75,12 @@ _FLAVOURS = [
     Flavour(
         "2.3",
         "Lightricks/LTX-2.3",
-        "LTX-2.3 22B: not supported yet",
+        "LTX-2.3 22B dev (audio + video: gated attention, prompt AdaLN, per-modality text projections, "
+        "48 kHz vocoder), from the combined checkpoint",
         extra={
-            "not_supported": "LTX-2.3 (per-modality text projections, prompt AdaLN, gated attention and the "
-            "bandwidth-extension vocoder) is not supported yet; use model_flavour 2.0"
+            "checkpoint_filename": LTX2_3_CHECKPOINT,
+            "transformer_config": configs.LTX2_3_TRANSFORMER,
+            "connectors_config": configs.LTX2_3_CONNECTORS,
         },
     ),
     Flavour(
@@ -79,6 +90,15 @@ _FLAVOURS = [
         extra={
             "transformer_config": tiny.TINY_TRANSFORMER_CONFIG,
             "connectors_config": tiny.TINY_CONNECTORS_CONFIG,
+        },
+    ),
+    Flavour(
+        "tiny-2.3",
+        None,
+        "Tiny random LTX-2.3 built in memory (tests)",
+        extra={
+            "transformer_config": tiny.TINY_2_3_TRANSFORMER_CONFIG,
+            "connectors_config": tiny.TINY_2_3_CONNECTORS_CONFIG,
         },
     ),
 ]
@@ -131,6 +151,7 @@ class LTX2Family(ModelFamily):
     )
     supports_audio: ClassVar[bool] = True
     default_vae_latent_sampling: ClassVar[str] = "mean"  # the LTX-2 trainer caches the posterior mean
+    _ltx2_3: bool | None = None  # set from the transformer's config once loaded
 
     def __init__(self, loader: Any) -> None:
         self.loader = loader
@@ -192,9 +213,17 @@ class LTX2Family(ModelFamily):
         return list(self.default_lora_targets if self.with_audio else _VIDEO_ONLY_TARGETS)
 
     # ---- loading -------------------------------------------------------------------------------------------
+    @property
+    def ltx2_3(self) -> bool:
+        """LTX-2.3 (prompt AdaLN, trained with the A/V cross-attention modulated by the other stream's sigma):
+        as the loaded transformer's config says (a 2.3 file works under any flavour), else the flavour's."""
+        if self._ltx2_3 is not None:
+            return self._ltx2_3
+        return configs.is_ltx2_3(self.flavours[self.loader.flavour].extra.get("transformer_config", {}))
+
     def _load(self, cls: type, part: str, dtype: torch.dtype | None) -> Any:
         if self.loader.is_builtin_tiny:
-            module = tiny.tiny_components()[part]
+            module = tiny.tiny_components(version=TINY_FLAVOURS[self.loader.flavour])[part]
             return module if dtype in (None, torch.float32) or not hasattr(module, "to") else module.to(dtype)
         kwargs = {"torch_dtype": dtype} if dtype is not None else {}
         return self.loader.load(cls, part, **kwargs)
@@ -214,6 +243,7 @@ class LTX2Family(ModelFamily):
     def load_transformer(self, dtype: torch.dtype) -> torch.nn.Module:
         model = self._load(LTX2VideoTransformer3DModel, "transformer", dtype)
         self.audio_in_channels = model.config.audio_in_channels
+        self._ltx2_3 = configs.is_ltx2_3(model.config)
         return model
 
     def load_scheduler(self) -> FlowMatchEulerDiscreteScheduler:
@@ -224,10 +254,7 @@ class LTX2Family(ModelFamily):
     def _module(self, part: str, cls: type, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
         """A frozen helper (connectors, audio VAE, vocoder) loaded once, kept on `device`."""
         if part not in self._modules:
-            module = self._load(cls, part, dtype).requires_grad_(False).eval()
-            if part == "connectors":
-                text_module.check_v1(module)
-            self._modules[part] = module
+            self._modules[part] = self._load(cls, part, dtype).requires_grad_(False).eval()
         return self._modules[part].to(device)
 
     def use_random_frozen_modules(self, device: torch.device, dtype: torch.dtype) -> None:
@@ -237,7 +264,6 @@ class LTX2Family(ModelFamily):
 
         config = self.flavours[self.loader.flavour].extra["connectors_config"]
         module = random_transformer(LTX2TextConnectors, config, dtype, device)
-        text_module.check_v1(module)
         self._modules["connectors"] = module.requires_grad_(False).eval()
 
     def connectors(self, device: torch.device, dtype: torch.dtype) -> LTX2TextConnectors:
@@ -328,9 +354,9 @@ class LTX2Family(ModelFamily):
 
     # ---- training ------------------------------------------------------------------------------------------
     def synthetic_caption(self, config: dict[str, Any], num_tokens: int) -> dict[str, torch.Tensor]:
-        """What `encode_text` caches for a caption of `num_tokens` real tokens: their projections (n,
-        caption_channels); the connectors' width equals the transformer's caption_channels."""
-        return {text_module.PROJ_KEY: torch.randn(num_tokens, config["caption_channels"])}
+        """What `encode_text` caches for a caption of `num_tokens` real tokens: their projections (n, width):
+        LTX-2.0's caption_channels, LTX-2.3's video and audio text widths side by side (text.cached_width)."""
+        return {text_module.PROJ_KEY: torch.randn(num_tokens, text_module.cached_width(config))}
 
     def synthetic_latents(
         self, config: dict[str, Any], width: int, height: int, num_frames: int
@@ -400,7 +426,7 @@ class LTX2Family(ModelFamily):
             "fps": frame_rate,
             "audio_num_frames": audio_in.shape[1],
             "isolate_modalities": audio is None,
-            "use_cross_timestep": False,
+            "use_cross_timestep": self.ltx2_3,
             "return_dict": False,
         }
         video_mask = ~first_frame if first_frame is not None else None
@@ -462,6 +488,7 @@ class LTX2Family(ModelFamily):
         """T2V pipeline without Gemma; the audio VAE, vocoder and connectors join the VAE's device and
         dtype."""
         param = next(vae.parameters())
+        self._ltx2_3 = configs.is_ltx2_3(getattr(transformer, "module", transformer).config)
         self._parts = {
             "transformer": transformer,
             "vae": vae,
@@ -485,7 +512,7 @@ class LTX2Family(ModelFamily):
         }
 
     def pipeline_call_kwargs(self, frame_rate: float) -> dict[str, Any]:
-        return {"frame_rate": frame_rate, **pipelines.LTX2_0_CALL}
+        return {"frame_rate": frame_rate, **(pipelines.LTX2_3_CALL if self.ltx2_3 else pipelines.LTX2_0_CALL)}
 
     def generate(
         self,

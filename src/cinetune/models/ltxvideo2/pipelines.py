@@ -1,4 +1,5 @@
-"""Validation pipelines for LTX-2: text-to-video, image-to-video, sound-to-video, all from cached prompts.
+"""Validation pipelines for LTX-2 (2.0 and 2.3): text-to-video, image-to-video, sound-to-video, all from
+cached prompts.
 
 The pipelines take `prompt_embeds` and run their `connectors` on them. Validation hands them the cached
 projections (text.py) and, in the connectors slot, `CachedPromptConnectors`, which runs the frozen connector
@@ -23,9 +24,10 @@ from diffusers import LTX2ImageToVideoPipeline, LTX2Pipeline
 
 from cinetune.models.ltxvideo2.text import PROJ_KEY, run_connectors
 
-# LTX-2.0 sampling with plain classifier-free guidance: no STG / modality guidance / rescale (the 2.3 defaults
-# of
-# diffusers' pipeline), the release's own cross-attention timesteps.
+# Validation samples with plain classifier-free guidance: no STG / modality guidance / rescale (the 2.3
+# defaults of diffusers' pipeline, each one more transformer pass per step). Cross-attention timesteps as each
+# release was trained: LTX-2.0 each stream's own, LTX-2.3 the other stream's sigma (diffusers' and ltx-core's
+# 2.3 sampling).
 LTX2_0_CALL = {
     "use_cross_timestep": False,
     "stg_scale": 0.0,
@@ -36,6 +38,7 @@ LTX2_0_CALL = {
     "guidance_rescale": 0.0,
     "audio_guidance_rescale": 0.0,
 }
+LTX2_3_CALL = {**LTX2_0_CALL, "use_cross_timestep": True}
 
 
 class CachedPromptConnectors(torch.nn.Module):

@@ -10,6 +10,12 @@ width equals Gemma's hidden size, and the text is left-padded to 1024 tokens wit
 `TINY_META` is the same model described in the original (ltx-core) config schema, as the released combined
 file
 stores it in its metadata; `save_tiny_combined_file` writes such a file with the original key names.
+
+`version="2.3"` (flavour `tiny-2.3`, `TINY_META_2_3`) builds the LTX-2.3 shape of it: gated attention and
+prompt AdaLN in the transformer, no caption projection there but per-modality text projections (to the video
+and audio widths) in gated connectors, the 22B video decoder's block order (spatio-temporal, spatio-temporal,
+temporal, then spatial upsampling, no residuals, zero padding) and a BigVGAN-v2 vocoder with bandwidth
+extension to 48 kHz.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from diffusers import (
     LTX2VideoTransformer3DModel,
 )
 from diffusers.pipelines.ltx2 import LTX2TextConnectors
-from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
+from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder, LTX2VocoderWithBWE
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import (
@@ -39,6 +45,7 @@ from transformers import (
 )
 
 from cinetune.models.base import keeps_global_rng
+from cinetune.models.ltxvideo2 import configs
 from cinetune.models.ltxvideo2.convert import to_original_state_dict
 
 TEXT_DIM = 32  # Gemma hidden size = connector width = transformer caption channels
@@ -198,6 +205,93 @@ TINY_CONNECTORS_CONFIG: dict[str, Any] = {
 }
 
 
+_AMP = {"resblock": "AMP1", "activation": "snakebeta", "stereo": True, "use_tanh_at_final": False}
+# The tiny model in LTX-2.3's shape, in the original schema (the keys the 22B header has and ltx-core reads).
+TINY_META_2_3: dict[str, Any] = {
+    "transformer": {
+        **_T,
+        # connector widths = the transformer's text widths (16 video, 8 audio); Gemma stays TEXT_DIM wide
+        "connector_num_attention_heads": 2,
+        "connector_attention_head_dim": 8,
+        "audio_connector_num_attention_heads": 2,
+        "audio_connector_attention_head_dim": 4,
+        "apply_gated_attention": True,
+        "connector_apply_gated_attention": True,
+        "cross_attention_adaln": True,
+        "caption_proj_before_connector": True,
+        "caption_projection_first_linear": False,
+        "caption_projection_second_linear": False,
+        "caption_proj_input_norm": False,
+        "text_encoder_norm_type": "per_token_rms",
+    },
+    "vae": {
+        **TINY_META["vae"],
+        "decoder_blocks": [
+            ["res_x", {"num_layers": 1}],
+            ["compress_space", {"multiplier": 2}],
+            ["res_x", {"num_layers": 1}],
+            ["compress_time", {"multiplier": 2}],
+            ["res_x", {"num_layers": 1}],
+            ["compress_all", {"multiplier": 1}],
+            ["res_x", {"num_layers": 1}],
+            ["compress_all", {"multiplier": 2}],
+            ["res_x", {"num_layers": 1}],
+        ],
+        "spatial_padding_mode": "zeros",
+    },
+    "audio_vae": TINY_META["audio_vae"],
+    "vocoder": {
+        # 100 mel frames/s -> 16 kHz (x160), then its 80-hop log-mel (200 frames/s) -> 48 kHz (x240)
+        "vocoder": {
+            **_AMP,
+            "upsample_initial_channel": 16,
+            "upsample_rates": [5, 4, 8],
+            "upsample_kernel_sizes": [11, 8, 16],
+            "resblock_kernel_sizes": [3],
+            "resblock_dilation_sizes": [[1, 3, 5]],
+            "use_bias_at_final": False,
+        },
+        "bwe": {
+            **_AMP,
+            "upsample_initial_channel": 16,
+            "upsample_rates": [6, 5, 8],
+            "upsample_kernel_sizes": [12, 11, 16],
+            "resblock_kernel_sizes": [3],
+            "resblock_dilation_sizes": [[1, 3, 5]],
+            "use_bias_at_final": False,
+            "apply_final_activation": False,
+            "input_sampling_rate": 16000,
+            "output_sampling_rate": 48000,
+            "hop_length": 80,
+            "n_fft": 128,
+            "win_size": 128,
+            "num_mels": 64,
+        },
+    },
+}
+TINY_2_3_TRANSFORMER_CONFIG: dict[str, Any] = {
+    **TINY_TRANSFORMER_CONFIG,
+    "gated_attn": True,
+    "cross_attn_mod": True,
+    "audio_gated_attn": True,
+    "audio_cross_attn_mod": True,
+    "use_prompt_embeddings": False,
+}
+TINY_2_3_CONNECTORS_CONFIG: dict[str, Any] = {
+    **TINY_CONNECTORS_CONFIG,
+    "video_connector_num_attention_heads": 2,
+    "video_connector_attention_head_dim": 8,
+    "video_gated_attn": True,
+    "audio_connector_num_attention_heads": 2,
+    "audio_connector_attention_head_dim": 4,
+    "audio_gated_attn": True,
+    "per_modality_projections": True,
+    "video_hidden_dim": _T["cross_attention_dim"],
+    "audio_hidden_dim": _T["audio_cross_attention_dim"],
+    "proj_bias": True,
+}
+
+
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
     """A word-level tokenizer built offline; like Gemma's it starts every text with <bos>, pads left."""
     vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3}
@@ -327,21 +421,45 @@ def _randomize_statistics(module: torch.nn.Module, generator: torch.Generator) -
     module.latents_std.copy_(torch.rand(size, generator=generator) * 0.5 + 0.75)
 
 
+def _bwe_vocoder() -> LTX2VocoderWithBWE:
+    vocoder = LTX2VocoderWithBWE(**configs.vocoder_config(TINY_META_2_3, {}))
+    with torch.no_grad():  # the STFT and mel bases are weights of the released file, zeros at init
+        for name in ("mel_stft.stft_fn.forward_basis", "mel_stft.stft_fn.inverse_basis"):
+            buffer = vocoder.get_buffer(name)
+            buffer.copy_(torch.randn_like(buffer) * 0.1)
+        vocoder.mel_stft.mel_basis.copy_(torch.rand_like(vocoder.mel_stft.mel_basis))
+    return vocoder
+
+
+def _model_parts(version: str) -> dict[str, Any]:
+    """Builders of the parts that differ between the releases, in the order they draw random weights."""
+    if version == "2.3":
+        return {
+            "connectors": lambda: LTX2TextConnectors(**TINY_2_3_CONNECTORS_CONFIG),
+            "transformer": lambda: LTX2VideoTransformer3DModel(**TINY_2_3_TRANSFORMER_CONFIG),
+            "vae": lambda: AutoencoderKLLTX2Video(**configs.video_vae_config(TINY_META_2_3, {})),
+            "audio_vae": _audio_vae,
+            "vocoder": _bwe_vocoder,
+        }
+    if version != "2.0":
+        raise ValueError(f"no tiny LTX-2 of version {version!r} (2.0 or 2.3)")
+    return {
+        "connectors": _connectors,
+        "transformer": _transformer,
+        "vae": _video_vae,
+        "audio_vae": _audio_vae,
+        "vocoder": _vocoder,
+    }
+
+
 @keeps_global_rng
-def tiny_components(seed: int = 0) -> dict[str, Any]:
+def tiny_components(seed: int = 0, version: str = "2.0") -> dict[str, Any]:
     """Fresh tiny components with deterministic random weights (the keys of LTX2Pipeline)."""
     torch.manual_seed(seed)
     tokenizer = tiny_tokenizer()
-    components = {
-        "tokenizer": tokenizer,
-        "text_encoder": _text_encoder(len(tokenizer)),
-        "connectors": _connectors(),
-        "transformer": _transformer(),
-        "vae": _video_vae(),
-        "audio_vae": _audio_vae(),
-        "vocoder": _vocoder(),
-        "scheduler": tiny_scheduler(),
-    }
+    components = {"tokenizer": tokenizer, "text_encoder": _text_encoder(len(tokenizer))}
+    components.update({name: build() for name, build in _model_parts(version).items()})
+    components["scheduler"] = tiny_scheduler()
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         _randomize_statistics(components["vae"], generator)
@@ -349,30 +467,33 @@ def tiny_components(seed: int = 0) -> dict[str, Any]:
     return components
 
 
-def save_tiny_checkpoint(folder: Path, seed: int = 0) -> Path:
+def save_tiny_checkpoint(folder: Path, seed: int = 0, version: str = "2.0") -> Path:
     """A tiny LTX-2 pipeline in the real diffusers layout (model_index.json, a folder per component)."""
-    LTX2Pipeline(**tiny_components(seed)).save_pretrained(folder)
+    LTX2Pipeline(**tiny_components(seed, version)).save_pretrained(folder)
     return Path(folder)
 
 
 _STORED = ("transformer", "connectors", "vae", "audio_vae", "vocoder")
 
 
-def save_tiny_combined_file(path: Path, seed: int = 0, with_text_encoder: bool = True) -> Path:
+def save_tiny_combined_file(
+    path: Path, seed: int = 0, with_text_encoder: bool = True, version: str = "2.0"
+) -> Path:
     """The tiny model as ONE safetensors file with the original key names and config metadata, like the
     release.
 
     Gemma and its tokenizer are not in the released file; with `with_text_encoder` they are written beside it
     (text_encoder/, tokenizer/), as the hub repo holds them.
     """
-    components = tiny_components(seed)
+    components = tiny_components(seed, version)
     tensors: dict[str, torch.Tensor] = {}
     for name in _STORED:
         state = {k: v.contiguous() for k, v in components[name].state_dict().items()}
         tensors.update(to_original_state_dict(state, name))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata={"config": json.dumps(TINY_META)})
+    meta = TINY_META_2_3 if version == "2.3" else TINY_META
+    save_file(tensors, str(path), metadata={"config": json.dumps(meta)})
     if with_text_encoder:
         components["text_encoder"].save_pretrained(path.parent / "text_encoder")
         components["tokenizer"].save_pretrained(path.parent / "tokenizer")

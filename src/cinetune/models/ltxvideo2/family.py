@@ -359,12 +359,17 @@ class LTX2Family(ModelFamily):
         return {text_module.PROJ_KEY: torch.randn(num_tokens, text_module.cached_width(config))}
 
     def synthetic_latents(
-        self, config: dict[str, Any], width: int, height: int, num_frames: int
+        self, config: dict[str, Any], width: int, height: int, num_frames: int, frame_rate: float = 25.0
     ) -> dict[str, torch.Tensor]:
-        """What `encode_video` caches for one clip: latents and latents_std (C, F', H', W'). Video only: bench
-        has no dataset, so no `audio` block and (as `cinetune train` without one) no audio_latents /
-        audio_mask; the audio stream runs as the 1-token isolated stub."""
-        return super().synthetic_latents(config, width, height, num_frames)
+        """What `encode_sample` caches for one clip: latents and latents_std (C, F', H', W'), and with audio
+        (a dataset with an `audio` block) audio_latents (round(seconds * 25), audio_in_channels) and a full
+        audio_mask; without audio the audio stream runs as the 1-token isolated stub, as in training."""
+        tensors = super().synthetic_latents(config, width, height, num_frames, frame_rate)
+        if self.with_audio:
+            steps = round(num_frames / frame_rate * audio_latents.LATENT_STEPS_PER_SECOND)
+            tensors["audio_latents"] = torch.randn(steps, config["audio_in_channels"])
+            tensors["audio_mask"] = torch.ones(steps)
+        return tensors
 
     def collate_text(self, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         return text_module.collate_prompts(items, self.max_sequence_length)

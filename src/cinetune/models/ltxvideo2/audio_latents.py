@@ -14,10 +14,13 @@ and S2V validation can feed them back unchanged; the step dropped is the last, h
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
 from cinetune.data.audio import AudioSpan, log_mel_spectrogram
+from cinetune.errors import ConfigError
 
 LATENT_STEPS_PER_SECOND = 25
 
@@ -71,3 +74,41 @@ def token_mask(
     valid_seconds = span.valid_samples / span.sample_rate
     starts = torch.arange(steps) / per_second
     return (starts < valid_seconds - 1e-6).float()
+
+
+def eval_clip_audio(
+    ds: Any,
+    links: Any,
+    image: np.ndarray,
+    num_frames: int,
+    frame_rate: float,
+    audio_vae: torch.nn.Module,
+    max_clips: int = 8,
+) -> tuple[np.ndarray, torch.Tensor] | None:
+    """(waveform, tokens (1, steps, features)) of the eval clip of `ds` whose first frame is `image` (from
+    its own track, or its s2v file through `links`); None when no clip with sound has that first frame."""
+    from cinetune.data import discover_files, probe, read_window
+    from cinetune.data.audio import extract_audio
+    from cinetune.data.s2v import clip_audio
+
+    for path in discover_files(ds)[:max_clips]:
+        info = probe(path)
+        source = None if info.is_image else clip_audio(ds, path, info.has_audio, links)[0]
+        if source is None:
+            continue
+        first = read_window(path, info, 0, 1, info.fps or frame_rate, (info.width, info.height))[0]
+        if first.shape == image.shape and np.array_equal(first, image):
+            rate = audio_vae.config.sample_rate
+            span = extract_audio(source.path, 0.0, num_frames / frame_rate, rate, ds.audio.channels)
+            tokens = encode_audio(audio_vae, span.samples, latent_steps(num_frames, frame_rate, audio_vae))
+            return span.samples, tokens[None]
+    return None
+
+
+def check_audio_options(dataset_id: str, options: Any) -> None:
+    """A dataset `audio` block LTX-2 can train: its audio VAE takes 16 kHz."""
+    if options.sample_rate != 16000:
+        raise ConfigError(
+            f"dataset '{dataset_id}': audio.sample_rate={options.sample_rate}, "
+            "but LTX-2's audio VAE takes 16000 Hz"
+        )

@@ -200,7 +200,7 @@ class LTX2Family(ModelFamily):
         trained = [d for d in data.media if d.id != self.eval_dataset_id]  # the eval dataset only conditions
         self.audio_options = {d.id: d.audio for d in trained if d.audio is not None}
         for dataset_id, options in self.audio_options.items():
-            _check_audio_options(dataset_id, options)
+            audio_latents.check_audio_options(dataset_id, options)
         self.eval_dataset = next((d for d in data.media if d.id == self.eval_dataset_id), None)
         self.eval_links = None  # the eval clips' s2v audio files, when its audio comes from s2v_datasets
         if self.eval_dataset is not None and self.eval_dataset.s2v_datasets:
@@ -575,29 +575,14 @@ class LTX2Family(ModelFamily):
     ) -> tuple[np.ndarray, torch.Tensor] | None:
         """(waveform, tokens) of the eval clip whose first frame is `image`, when the eval dataset has
         audio."""
-        from cinetune.data import discover_files, probe, read_window
-        from cinetune.data.audio import extract_audio
-        from cinetune.data.s2v import clip_audio
-
         ds = self.eval_dataset
         if ds is None or ds.audio is None:
             return None
         key = image.tobytes()
         if key not in self._eval_audio:
-            self._eval_audio[key] = None
-            for path in discover_files(ds)[:8]:
-                info = probe(path)
-                source = None if info.is_image else clip_audio(ds, path, info.has_audio, self.eval_links)[0]
-                if source is None:
-                    continue
-                first = read_window(path, info, 0, 1, info.fps or frame_rate, (info.width, info.height))[0]
-                if first.shape == image.shape and np.array_equal(first, image):
-                    rate = audio_vae.config.sample_rate
-                    span = extract_audio(source.path, 0.0, num_frames / frame_rate, rate, ds.audio.channels)
-                    steps = audio_latents.latent_steps(num_frames, frame_rate, audio_vae)
-                    tokens = audio_latents.encode_audio(audio_vae, span.samples, steps)
-                    self._eval_audio[key] = (span.samples, tokens[None])
-                    break
+            self._eval_audio[key] = audio_latents.eval_clip_audio(
+                ds, self.eval_links, image, num_frames, frame_rate, audio_vae
+            )
         return self._eval_audio[key]
 
     # ---- export --------------------------------------------------------------------------------------------
@@ -606,11 +591,3 @@ class LTX2Family(ModelFamily):
         from cinetune.models.ltxvideo2.export import export_original
 
         return export_original(output_dir)
-
-
-def _check_audio_options(dataset_id: str, options: Any) -> None:
-    if options.sample_rate != 16000:
-        raise ConfigError(
-            f"dataset '{dataset_id}': audio.sample_rate={options.sample_rate}, "
-            "but LTX-2's audio VAE takes 16000 Hz"
-        )

@@ -36,6 +36,7 @@ from cinetune.models.ltxvideo2.flow import first_frame_mask
 from cinetune.models.ltxvideo2.text import PROJ_KEY, make_prompt_encoder, run_connectors
 from cinetune.models.registry import build_family
 from cinetune.training.batches import Batch
+from ltx_core_layout import combined_tensors
 
 META = tiny.TINY_META_2_3
 FILE_NAME = "ltx-2.3-22b-dev.safetensors"
@@ -151,17 +152,7 @@ def _ltx_core_models() -> dict[str, torch.nn.Module]:
 def _ltx_core_file(tmp_path: Path) -> tuple[Path, dict[str, torch.nn.Module]]:
     """The ltx-core 2.3 components as one file in the 22B release's layout (prefixes, header)."""
     models = _ltx_core_models()
-    stats = {"mean-of-means": torch.randn(16) * 0.1, "std-of-means": torch.rand(16) + 0.5}
-    for part in ("encoder", "decoder"):
-        for name, value in stats.items():
-            models[part].per_channel_statistics.get_buffer(name).copy_(value)
-    tensors = {f"model.diffusion_model.{k}": v for k, v in models["dit"].state_dict().items()}
-    for part in ("encoder", "decoder"):
-        for key, value in models[part].state_dict().items():
-            tensors["vae." + key if key.startswith("per_channel") else f"vae.{part}.{key}"] = value
-    for part in ("video", "audio"):
-        for key, value in models[f"{part}_connector"].state_dict().items():
-            tensors[f"model.diffusion_model.{part}_embeddings_connector.{key}"] = value
+    tensors = combined_tensors(models)
     for key, value in models["extractor"].state_dict().items():
         tensors[f"text_embedding_projection.{key}"] = value
     tensors.update({f"vocoder.{k}": v for k, v in models["vocoder"].state_dict().items()})

@@ -28,6 +28,7 @@ from cinetune.models.ltxvideo2.checkpoint import LTX2Loader, load_component
 from cinetune.models.ltxvideo2.convert import convert_state_dict, to_original_state_dict
 from cinetune.models.ltxvideo2.family import LTX2Family
 from cinetune.models.registry import build_family
+from ltx_core_layout import combined_tensors
 
 _TINY = Flavour("tiny", None, "tiny")
 _PARTS = {
@@ -179,17 +180,7 @@ def _ltx_core_file(tmp_path: Path) -> tuple[Path, dict]:
             torch.nn.Linear(tiny.TEXT_DIM * (tiny.TEXT_LAYERS + 1), tiny.TEXT_DIM, bias=False)
         ),
     }
-    stats = {"mean-of-means": torch.randn(16) * 0.1, "std-of-means": torch.rand(16) + 0.5}
-    for part in ("encoder", "decoder"):
-        for name, value in stats.items():
-            models[part].per_channel_statistics.get_buffer(name).copy_(value)
-    tensors = {f"model.diffusion_model.{k}": v for k, v in models["dit"].state_dict().items()}
-    for part in ("encoder", "decoder"):
-        for key, value in models[part].state_dict().items():
-            tensors["vae." + key if key.startswith("per_channel") else f"vae.{part}.{key}"] = value
-    for part in ("video", "audio"):
-        for key, value in models[f"{part}_connector"].state_dict().items():
-            tensors[f"model.diffusion_model.{part}_embeddings_connector.{key}"] = value
+    tensors = combined_tensors(models)
     tensors["text_embedding_projection.aggregate_embed.weight"] = models["aggregate"].weight
     path = tmp_path / "ltx-core.safetensors"
     save_file(

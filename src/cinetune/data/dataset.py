@@ -19,6 +19,7 @@ from cinetune.data.captions import captions_for
 from cinetune.data.report import SkipReport
 from cinetune.data.s2v import AudioLinks, AudioSource, clip_audio
 from cinetune.data.video_io import (
+    AUDIO_EXTS,
     IMAGE_EXTS,
     VIDEO_EXTS,
     MediaError,
@@ -57,11 +58,13 @@ class Sample:
 
 def discover_files(ds: DatasetConfig) -> list[Path]:
     """Media files under instance_data_dir, recursive and sorted: videos for a video dataset, images for an
-    image dataset. Hidden files and folders are left out (macOS writes '._clip.mp4' resource forks)."""
+    image dataset, audio files for an audio dataset. Hidden files and folders are left out (macOS writes
+    '._clip.mp4' resource forks)."""
     root = ds.instance_data_dir
     if root is None or not root.is_dir():
         raise DataError(f"dataset '{ds.id}': instance_data_dir {root} is not a folder")
-    return list_files(root, IMAGE_EXTS if ds.dataset_type == "image" else VIDEO_EXTS)
+    exts = {"image": IMAGE_EXTS, "audio": AUDIO_EXTS}.get(ds.dataset_type, VIDEO_EXTS)
+    return list_files(root, exts)
 
 
 def draw_window_starts(

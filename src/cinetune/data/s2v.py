@@ -16,11 +16,8 @@ from pathlib import Path
 import av
 
 from cinetune.config.dataset import DatasetConfig
-from cinetune.data.video_io import list_files
-from cinetune.errors import DataError
 
 logger = logging.getLogger(__name__)
-AUDIO_EXTS = frozenset({".wav", ".flac", ".mp3", ".m4a", ".aac", ".ogg", ".opus"})
 
 
 @dataclass(frozen=True)
@@ -35,14 +32,6 @@ class AudioSource:
     def of(cls, path: Path) -> AudioSource:
         stat = path.stat()
         return cls(path, stat.st_size, stat.st_mtime_ns)
-
-
-def audio_files(ds: DatasetConfig) -> list[Path]:
-    """Audio files under an audio dataset's folder, recursive and sorted, hidden ones left out."""
-    root = ds.instance_data_dir
-    if root is None or not root.is_dir():
-        raise DataError(f"audio dataset '{ds.id}': instance_data_dir {root} is not a folder")
-    return list_files(root, AUDIO_EXTS)
 
 
 def audio_stream_problem(path: Path) -> str | None:
@@ -62,6 +51,8 @@ class AudioLinks:
     """Same-named audio files of a video dataset's linked audio datasets."""
 
     def __init__(self, audio_datasets: list[DatasetConfig]) -> None:
+        from cinetune.data.dataset import discover_files  # dataset.py imports this module
+
         self.ids = [ds.id for ds in audio_datasets]
         self._by_rel: list[dict[str, Path]] = []
         self._by_name: list[dict[str, list[Path]]] = []
@@ -69,7 +60,7 @@ class AudioLinks:
             assert ds.instance_data_dir is not None
             by_rel: dict[str, Path] = {}
             by_name: dict[str, list[Path]] = {}
-            for path in audio_files(ds):
+            for path in discover_files(ds):
                 stem = path.relative_to(ds.instance_data_dir).with_suffix("").as_posix()
                 if stem in by_rel:
                     logger.warning(

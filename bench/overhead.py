@@ -271,7 +271,7 @@ def build_bare_step(trainer: Trainer) -> tuple[Callable[[], None], int]:
     noise = torch.randn(latents.shape, generator=generator).to(trainer.device)
     sigmas = torch.full((latents.shape[0],), 0.5, device=trainer.device)
     inputs = family.prepare_inputs(latents, noise, sigmas, batch.text, batch.frame_rate, trainer.weight_dtype)
-    kwargs, target = inputs.kwargs, inputs.target.float()
+    kwargs, target = inputs.kwargs, inputs.stream("video").target.float()
 
     def step() -> None:
         pred = model(**kwargs)[0]

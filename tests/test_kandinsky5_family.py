@@ -18,8 +18,9 @@ from cinetune.models.kandinsky5 import tiny
 from cinetune.models.kandinsky5.inputs import SHIFT_MU, rope_scale_factor
 from cinetune.models.kandinsky5.vae_memory import disable_patch_conv, enable_patch_conv
 from cinetune.models.registry import build_family
+from cinetune.objectives import flow_loss, sample_sigmas
 from cinetune.training.batches import Batch
-from cinetune.training.flow import flow_loss, sample_sigmas
+from cinetune.training.step import training_loss
 
 CAPTIONS = ["a red square moves", "", "a blue circle slowly jumps over a green tree at night in the rain"]
 
@@ -185,11 +186,12 @@ def test_inputs_are_channels_last_with_condition_and_mask() -> None:
     noisy = (1 - sigmas.view(-1, 1, 1, 1, 1)) * x0 + sigmas.view(-1, 1, 1, 1, 1) * noise
     torch.testing.assert_close(hidden[..., :16], noisy.permute(0, 2, 3, 4, 1))
     assert not hidden[..., 16:].any()  # text-to-video: condition and mask channels are zero
-    torch.testing.assert_close(inputs.target, (noise - x0).permute(0, 2, 3, 4, 1).flatten(1, 3))
+    target = (noise - x0).permute(0, 2, 3, 4, 1).flatten(1, 3)
+    torch.testing.assert_close(inputs.stream("video").target, target)
     assert inputs.kwargs["timestep"].tolist() == [250.0, 750.0]
     assert [p.tolist() for p in inputs.kwargs["visual_rope_pos"]] == [[0, 1, 2], [0, 1], [0, 1, 2]]
     assert inputs.kwargs["text_rope_pos"].tolist() == [0, 1, 2, 3, 4]
-    assert inputs.loss_mask.all()
+    assert inputs.stream("video").mask.all()
     image = torch.randn(2, 16, 1, 4, 6)
     inputs = family.prepare_inputs(x0, noise, sigmas, text, 24.0, torch.float32, image_latents=image)
     hidden = inputs.kwargs["hidden_states"]
@@ -197,7 +199,8 @@ def test_inputs_are_channels_last_with_condition_and_mask() -> None:
     torch.testing.assert_close(hidden[:, 1:, ..., :16], noisy[:, :, 1:].permute(0, 2, 3, 4, 1))
     assert not hidden[..., 16:32].any()
     assert hidden[:, 0, ..., 32].eq(1).all() and not hidden[:, 1:, ..., 32].any()
-    assert inputs.loss_mask.view(2, 3, 24)[:, 0].sum() == 0 and inputs.loss_mask.view(2, 3, 24)[:, 1:].all()
+    mask = inputs.stream("video").mask.view(2, 3, 24)
+    assert mask[:, 0].sum() == 0 and mask[:, 1:].all()
     for height, width in ((512, 768), (480, 854), (720, 1280), (64, 96), (1024, 1024)):
         assert rope_scale_factor(height, width) == Kandinsky5T2VPipeline._get_scale_factor(
             None, height, width
@@ -267,8 +270,8 @@ def test_loss_runs_each_caption_length_unpadded_and_lora_gets_gradients(k5_i2v_d
         model = _lora_model(family, checkpointing)
         generator = torch.Generator().manual_seed(0)
         replay = torch.Generator().set_state(generator.get_state())
-        loss = family.training_loss(
-            model, batch, generator, "shifted_logit_normal", torch.device("cpu"), torch.float32
+        loss = training_loss(
+            family, model, batch, generator, "shifted_logit_normal", torch.device("cpu"), torch.float32
         )
         loss.backward()
         losses.append(loss.item())
@@ -288,7 +291,8 @@ def test_loss_runs_each_caption_length_unpadded_and_lora_gets_gradients(k5_i2v_d
                 image_latents=tensors["image_latents"][i : i + 1],
             )
             pred = model(**inputs.kwargs).sample.flatten(1, 3)
-            per_sample.append(flow_loss(pred, inputs.target, inputs.loss_mask))
+            video = inputs.stream("video")
+            per_sample.append(flow_loss(pred, video.target, video.mask))
     assert losses[0] == pytest.approx(float(torch.stack(per_sample).mean()), rel=1e-5)
     assert losses[1] == pytest.approx(losses[0], rel=1e-6)
     for name in (

@@ -36,6 +36,7 @@ from cinetune.models.ltxvideo2.flow import first_frame_mask
 from cinetune.models.ltxvideo2.text import PROJ_KEY, make_prompt_encoder, run_connectors
 from cinetune.models.registry import build_family
 from cinetune.training.batches import Batch
+from cinetune.training.step import training_loss
 from ltx_core_layout import combined_tensors
 
 META = tiny.TINY_META_2_3
@@ -370,7 +371,7 @@ def test_training_steps_on_tiny_2_3_with_audio_change_the_lora() -> None:
     batch = Batch(tensors=tensors, text=text, frame_rate=24.0, use_std=False)
     generator = torch.Generator().manual_seed(0)
     for _ in range(3):
-        loss = family.training_loss(model, batch, generator, "shifted_logit_normal", "cpu", torch.float32)
+        loss = training_loss(family, model, batch, generator, "shifted_logit_normal", "cpu", torch.float32)
         assert torch.isfinite(loss) and loss > 0
         optimizer.zero_grad()
         loss.backward()

@@ -17,10 +17,12 @@ from cinetune.export.lora import COMFYUI_FILE, DIFFUSERS_FILE, save_diffusers_lo
 from cinetune.models.ltxvideo.family import pack_latents
 from cinetune.models.ltxvideo2 import tiny
 from cinetune.models.ltxvideo2.family import AudioInputs, LTX2Family
-from cinetune.models.ltxvideo2.flow import first_frame_mask, masked_mse_per_sample, stretched_logit_normal
+from cinetune.models.ltxvideo2.flow import first_frame_mask, stretched_logit_normal
 from cinetune.models.ltxvideo2.text import PROJ_KEY, run_connectors
 from cinetune.models.registry import build_family
+from cinetune.objectives.loss import masked_mse_per_sample
 from cinetune.training.batches import Batch
+from cinetune.training.step import training_loss
 
 
 @pytest.fixture(scope="module")
@@ -99,8 +101,10 @@ def test_inputs_prescale_timesteps_and_condition_the_first_frame() -> None:
     torch.testing.assert_close(
         kwargs["hidden_states"][:, 6:], ((1 - s) * tokens + s * pack_latents(noise))[:, 6:]
     )
-    torch.testing.assert_close(inputs.target, pack_latents(noise - x0))
-    assert inputs.loss_mask[:, :6].sum() == 0 and inputs.loss_mask[:, 6:].all()
+    video = inputs.stream("video")
+    torch.testing.assert_close(video.target, pack_latents(noise - x0))
+    assert video.mask[:, :6].sum() == 0 and video.mask[:, 6:].all()
+    assert [s.name for s in inputs.streams] == ["video"]
     assert kwargs["isolate_modalities"] and kwargs["audio_hidden_states"].shape == (2, 1, 32)
     assert kwargs["encoder_hidden_states"].shape == (2, 1024, 32) and not kwargs["use_cross_timestep"]
     # audio: its own sigmas, its own pre-scaled timestep, streams joined
@@ -143,8 +147,8 @@ def test_loss_is_video_plus_masked_audio_and_ignores_conditioned_tokens() -> Non
         "audio_mask": torch.tensor([[1.0] * 5, [0.0] * 5]),
     }
     batch = Batch(tensors=tensors, text=text, frame_rate=24.0, use_std=False)
-    loss = family.training_loss(
-        model, batch, torch.Generator().manual_seed(1), "shifted_logit_normal", "cpu", torch.float32
+    loss = training_loss(
+        family, model, batch, torch.Generator().manual_seed(1), "shifted_logit_normal", "cpu", torch.float32
     )
     assert torch.isfinite(loss) and loss > 0
     loss.backward()

@@ -108,7 +108,7 @@ def test_flow_inputs_follow_the_ltx_trainer() -> None:
     inputs = family.prepare_inputs(x0, noise, sigmas, text, 25.0, torch.float32)
     expected_noisy = (1 - sigmas.view(-1, 1, 1, 1, 1)) * x0 + sigmas.view(-1, 1, 1, 1, 1) * noise
     torch.testing.assert_close(inputs.kwargs["hidden_states"], pack_latents(expected_noisy))
-    torch.testing.assert_close(inputs.target, pack_latents(noise - x0))
+    torch.testing.assert_close(inputs.stream("video").target, pack_latents(noise - x0))
     assert inputs.kwargs["timestep"].tolist() == [250.0, 750.0]
     assert inputs.kwargs["rope_interpolation_scale"] == (8 / 25, 32, 32)
     assert inputs.kwargs["encoder_attention_mask"].tolist() == [[True] * 3 + [False] * 2, [True] * 5]
@@ -147,7 +147,7 @@ def test_lora_on_attention_and_gradient_checkpointing_same_loss() -> None:
         x0, noise = torch.randn(1, 16, 2, 2, 3), torch.randn(1, 16, 2, 2, 3)
         text = family.collate_text([{"prompt_embeds": torch.randn(4, 32)}])
         inputs = family.prepare_inputs(x0, noise, torch.tensor([0.5]), text, 24.0, torch.float32)
-        loss = torch.nn.functional.mse_loss(model(**inputs.kwargs)[0], inputs.target)
+        loss = torch.nn.functional.mse_loss(model(**inputs.kwargs)[0], inputs.stream("video").target)
         loss.backward()
         losses.append(loss.item())
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad]))

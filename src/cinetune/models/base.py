@@ -17,6 +17,8 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from cinetune.objectives import ModelInputs, sample_latents, sample_sigmas
+
 logger = logging.getLogger(__name__)
 
 
@@ -94,15 +96,6 @@ class TextEmbeds:
     tensors: dict[str, torch.Tensor]
 
 
-@dataclass
-class ModelInputs:
-    """What `predict` consumes: model kwargs plus the flow-matching target and loss mask."""
-
-    kwargs: dict[str, Any]
-    target: torch.Tensor
-    loss_mask: torch.Tensor | None = None
-
-
 class ModelFamily(ABC):
     """Interface every family implements: the ClassVars (data) and the abstract methods (computations)."""
 
@@ -117,6 +110,11 @@ class ModelFamily(ABC):
     pipeline_class: ClassVar[type]
     transformer_class: ClassVar[type]
     latent_compression: ClassVar[tuple[int, int]]  # (temporal, spatial) of the video VAE
+    # The transformer's repeated blocks, as the names of its nn.ModuleList attributes in forward order: what
+    # offload, block swap, FSDP wrapping and gradient checkpointing act on. `video_blocks` names the list the
+    # video tokens run through (token routing and representation alignment hook into it).
+    transformer_blocks: ClassVar[tuple[str, ...]] = ("transformer_blocks",)
+    video_blocks: ClassVar[str] = "transformer_blocks"
     comfyui_renames: ClassVar[dict[str, str]] = {}
     # Train-config options the family acts on (`configure`); any other one set is rejected, never ignored.
     run_options: ClassVar[frozenset[str]] = frozenset()
@@ -133,6 +131,14 @@ class ModelFamily(ABC):
         from cinetune.models.loading import ComponentLoader
 
         return ComponentLoader(source or flavour.repo, flavour.name, flavour.revision)
+
+    @classmethod
+    def blocks(cls, model: torch.nn.Module, which: str | None = None) -> list[torch.nn.Module]:
+        """The repeated blocks of a transformer (unwrapped or DDP-wrapped): all declared lists in order, or
+        the list named `which`."""
+        model = getattr(model, "module", model)
+        names = cls.transformer_blocks if which is None else (which,)
+        return [block for name in names for block in getattr(model, name)]
 
     def lora_targets(self) -> list[str]:
         """LoRA target modules when lora_target_modules is unset (may depend on `configure`)."""
@@ -274,19 +280,27 @@ class ModelFamily(ABC):
         """Extra pipeline arguments of this family/flavour (frame rate, decode timestep...)."""
         return {}
 
-    def training_loss(
+    def training_inputs(
         self,
-        model: torch.nn.Module,
         batch: Any,
         generator: torch.Generator,
         sigma_sampler: str,
         device: torch.device,
         dtype: torch.dtype,
-    ) -> torch.Tensor:
-        """One flow-matching loss on a cached batch. Families with several modalities override this."""
-        from cinetune.training.step import single_stream_flow_loss
-
-        return single_stream_flow_loss(self, model, batch, generator, sigma_sampler, device, dtype)
+        model_config: Any,
+    ) -> list[ModelInputs]:
+        """The forward passes of one micro-batch and their loss streams (training/step.py runs the model and
+        `compute_loss`). Every random draw comes from `generator` (a CPU generator), so a run is reproducible
+        across devices and resumable. The default: one video stream, x0 drawn from the cached posterior, noise
+        and sigmas with mu from the token count; families with more modalities or conditioning override it."""
+        x0 = sample_latents(batch.latents, batch.latents_std, generator)
+        noise = torch.randn(x0.shape, generator=generator)
+        mu = self.shift_mu(self.num_tokens(x0.shape))
+        sigmas = sample_sigmas(x0.shape[0], mu, sigma_sampler, generator)
+        inputs = self.prepare_inputs(
+            x0.to(device), noise.to(device), sigmas.to(device), batch.text, batch.frame_rate, dtype
+        )
+        return [inputs]
 
     # ---- what each family must provide ---------------------------------------------------------------------
     loader: Any  # cinetune.models.loading.ComponentLoader
@@ -342,7 +356,7 @@ class ModelFamily(ABC):
         frame_rate: float,
         dtype: torch.dtype,
     ) -> ModelInputs:
-        """Noisy model inputs, flow-matching target and loss mask for one batch."""
+        """Noisy model inputs and the loss streams (flow-matching target, token mask) of one forward pass."""
 
     @abstractmethod
     def build_pipeline(self, transformer: torch.nn.Module, vae: torch.nn.Module, scheduler: Any) -> Any:

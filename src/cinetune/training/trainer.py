@@ -35,6 +35,7 @@ from cinetune.training.speed import (
     apply_regional_compile,
 )
 from cinetune.training.state import TrainState
+from cinetune.training.step import training_loss
 from cinetune.training.validation import Validator, condition_images, training_media, validation_prompts
 
 logger = logging.getLogger(__name__)
@@ -331,7 +332,8 @@ class Trainer:
             sync = n == len(batches) - 1
             context = self.acc.no_sync(self.model) if not sync else nullcontext()
             with context:
-                loss = self.family.training_loss(
+                loss = training_loss(
+                    self.family,
                     self.model,
                     batch,
                     self.state.generator,

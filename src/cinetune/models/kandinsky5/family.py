@@ -28,7 +28,7 @@ from transformers import AutoTokenizer, CLIPTextModel, CLIPTokenizer, Qwen2_5_VL
 
 from cinetune.data import fit_image
 from cinetune.errors import ConfigError
-from cinetune.models.base import Flavour, FrameRule, GeneratedVideo, ModelFamily, ModelInputs
+from cinetune.models.base import Flavour, FrameRule, GeneratedVideo, ModelFamily
 from cinetune.models.kandinsky5 import tiny
 from cinetune.models.kandinsky5.inputs import (
     SHIFT_MU,
@@ -40,7 +40,7 @@ from cinetune.models.kandinsky5.inputs import (
 )
 from cinetune.models.kandinsky5.vae_memory import enable_patch_conv
 from cinetune.models.loading import ComponentLoader
-from cinetune.training.flow import flow_loss, sample_latents, sample_sigmas
+from cinetune.objectives import LossStream, ModelInputs, sample_latents, sample_sigmas
 
 logger = logging.getLogger(__name__)
 _REPO = "kandinskylab/Kandinsky-5.0-{}-Diffusers"
@@ -152,6 +152,8 @@ class Kandinsky5VideoFamily(ModelFamily):
     pipeline_class: ClassVar[type] = Kandinsky5T2VPipeline
     transformer_class: ClassVar[type] = Kandinsky5Transformer3DModel
     latent_compression: ClassVar[tuple[int, int]] = (4, 8)
+    transformer_blocks: ClassVar[tuple[str, ...]] = ("text_transformer_blocks", "visual_transformer_blocks")
+    video_blocks: ClassVar[str] = "visual_transformer_blocks"
     run_options: ClassVar[frozenset[str]] = frozenset({"vae_enable_patch_conv", "vae_enable_tiling"})
     # ComfyUI's native Kandinsky 5 model uses the original module names, which diffusers kept.
     comfyui_renames: ClassVar[dict[str, str]] = {}
@@ -379,18 +381,19 @@ class Kandinsky5VideoFamily(ModelFamily):
         }
         target = to_channels_last(noise - latents).flatten(1, 3)
         mask = token_loss_mask(latents.shape, image_latents is not None, device)
-        return ModelInputs(kwargs=kwargs, target=target, loss_mask=mask)
+        return ModelInputs(kwargs=kwargs, streams=[LossStream("video", target, mask=mask)])
 
-    def training_loss(
+    def training_inputs(
         self,
-        model: torch.nn.Module,
         batch: Any,
         generator: torch.Generator,
         sigma_sampler: str,
         device: torch.device,
         dtype: torch.dtype,
-    ) -> torch.Tensor:
-        """Velocity MSE, one forward per caption length in the batch (with B = 1 or equal lengths: one)."""
+        model_config: Any,
+    ) -> list[ModelInputs]:
+        """One forward per caption length in the batch (the model has no text mask; with B = 1 or equal
+        lengths: one), each scored on its video tokens (all but an I2V first frame's)."""
         x0 = sample_latents(batch.latents, batch.latents_std, generator)
         noise = torch.randn(x0.shape, generator=generator)
         sigmas = sample_sigmas(x0.shape[0], SHIFT_MU, sigma_sampler, generator)
@@ -398,9 +401,8 @@ class Kandinsky5VideoFamily(ModelFamily):
         if self.conditions_on_image:
             std = batch.tensors.get("image_latents_std") if batch.use_std else None
             image = sample_latents(batch.tensors["image_latents"], std, generator)
-        config = getattr(model, "module", model).config
         lengths = batch.text["prompt_lengths"]
-        total, weight = torch.zeros((), device=device), 0.0
+        forwards = []
         for length in dict.fromkeys(lengths.tolist()):
             rows = (lengths == length).nonzero().flatten()
             text = {k: v[rows] for k, v in batch.text.items()}
@@ -413,14 +415,9 @@ class Kandinsky5VideoFamily(ModelFamily):
                 dtype,
                 image_latents=None if image is None else image[rows].to(device),
             )
-            inputs.kwargs["sparse_params"] = sparse_params(config, inputs.kwargs["hidden_states"])
-            pred = model(**inputs.kwargs).sample.flatten(1, 3)
-            share = float(inputs.loss_mask.sum())
-            total = total + flow_loss(pred, inputs.target, inputs.loss_mask) * share
-            weight += share
-        if weight == 0:  # every token was a conditioning frame: nothing to learn, and no 0/0
-            return total
-        return total / weight
+            inputs.kwargs["sparse_params"] = sparse_params(model_config, inputs.kwargs["hidden_states"])
+            forwards.append(inputs)
+        return forwards
 
     # ---- validation and export ---------------------------------------------------------------------------
     def build_pipeline(self, transformer: torch.nn.Module, vae: torch.nn.Module, scheduler: Any) -> Any:

@@ -19,9 +19,10 @@ from diffusers import (
 )
 from transformers import AutoTokenizer, T5EncoderModel
 
-from cinetune.models.base import Flavour, FrameRule, ModelFamily, ModelInputs
+from cinetune.models.base import Flavour, FrameRule, ModelFamily
 from cinetune.models.loading import ComponentLoader
 from cinetune.models.ltxvideo import tiny
+from cinetune.objectives import LossStream, ModelInputs
 
 # Transformer architectures (diffusers' conversion script configs): 2B for 0.9.0-0.9.5, 13B from 0.9.7.
 _ARCH_2B = {
@@ -222,7 +223,8 @@ class LTXVideoFamily(ModelFamily):
             ),
             "return_dict": False,
         }
-        return ModelInputs(kwargs=kwargs, target=target)
+        # LTX-Video-Trainer: the mean over every token of the batch.
+        return ModelInputs(kwargs=kwargs, streams=[LossStream("video", target)])
 
     # ---- validation and export ---------------------------------------------------------------------------
     def build_pipeline(

@@ -36,7 +36,7 @@ from PIL import Image
 from transformers import AutoTokenizer, Gemma3ForConditionalGeneration
 
 from cinetune.errors import ConfigError, NotSupportedYet
-from cinetune.models.base import Flavour, FrameRule, GeneratedVideo, ModelFamily, ModelInputs
+from cinetune.models.base import Flavour, FrameRule, GeneratedVideo, ModelFamily
 from cinetune.models.ltxvideo.family import ltx_mu, pack_latents
 from cinetune.models.ltxvideo2 import audio_latents, configs, pipelines, tiny
 from cinetune.models.ltxvideo2 import text as text_module
@@ -47,13 +47,8 @@ from cinetune.models.ltxvideo2.checkpoint import (
     LTX2Loader,
 )
 from cinetune.models.ltxvideo2.convert import TRANSFORMER_RENAMES
-from cinetune.models.ltxvideo2.flow import (
-    first_frame_mask,
-    masked_mse_per_sample,
-    noisy_and_target,
-    sample_sigmas,
-)
-from cinetune.training.flow import sample_latents
+from cinetune.models.ltxvideo2.flow import first_frame_mask, noisy_and_target, sample_sigmas
+from cinetune.objectives import LossStream, ModelInputs, sample_latents
 
 logger = logging.getLogger(__name__)
 
@@ -121,12 +116,6 @@ class AudioInputs:
     noise: torch.Tensor
     sigmas: torch.Tensor
     mask: torch.Tensor
-
-
-@dataclass
-class LTX2Inputs(ModelInputs):
-    audio_target: torch.Tensor | None = None
-    audio_loss_mask: torch.Tensor | None = None
 
 
 class LTX2Family(ModelFamily):
@@ -390,11 +379,12 @@ class LTX2Family(ModelFamily):
         first_frame: torch.Tensor | None = None,
         audio: AudioInputs | None = None,
         audio_channels: int | None = None,
-    ) -> LTX2Inputs:
-        """Transformer kwargs, targets and loss masks. latents / noise (B, C, F, H, W); first_frame (B, N)
-        marks
-        clean conditioning tokens; without `audio` the audio stream is a 1-token stub cut off from the video
-        (isolate_modalities), which is exactly a video-only forward."""
+    ) -> ModelInputs:
+        """Transformer kwargs and the loss streams (video, and audio when given): targets and token masks.
+
+        latents / noise (B, C, F, H, W); first_frame (B, N) marks clean conditioning tokens; without `audio`
+        the audio stream is a 1-token stub cut off from the video (isolate_modalities), which is exactly a
+        video-only forward."""
         batch, _, frames, height, width = latents.shape
         device = latents.device
         noisy, target, timestep = noisy_and_target(
@@ -434,26 +424,24 @@ class LTX2Family(ModelFamily):
             "use_cross_timestep": self.ltx2_3,
             "return_dict": False,
         }
+        # The LTX-2 trainer's loss: per sample masked video MSE + masked audio MSE (1:1), then the batch mean.
         video_mask = ~first_frame if first_frame is not None else None
-        return LTX2Inputs(
-            kwargs=kwargs,
-            target=target,
-            loss_mask=video_mask,
-            audio_target=audio_target,
-            audio_loss_mask=audio.mask if audio is not None else None,
-        )
+        streams = [LossStream("video", target, output=0, mask=video_mask, per_sample=True)]
+        if audio is not None:
+            streams.append(LossStream("audio", audio_target, output=1, mask=audio.mask, per_sample=True))
+        return ModelInputs(kwargs=kwargs, streams=streams)
 
-    def training_loss(
+    def training_inputs(
         self,
-        model: torch.nn.Module,
         batch: Any,
         generator: torch.Generator,
         sigma_sampler: str,
         device: torch.device,
         dtype: torch.dtype,
-    ) -> torch.Tensor:
-        """Per sample: masked video MSE + masked audio MSE (1:1); then the batch mean. Draws come from
-        `generator`."""
+        model_config: Any,
+    ) -> list[ModelInputs]:
+        """One forward: video (first-frame conditioned with probability first_frame_conditioning_p) and, when
+        the batch holds audio latents, audio with its own sigma. Draws come from `generator`."""
         x0 = sample_latents(batch.latents, batch.latents_std, generator)
         batch_size, _, frames, height, width = x0.shape
         num_video = frames * height * width
@@ -478,13 +466,9 @@ class LTX2Family(ModelFamily):
             dtype,
             first_frame=first.to(device) if bool(first.any()) else None,
             audio=audio,
-            audio_channels=getattr(model, "module", model).config.audio_in_channels,
+            audio_channels=model_config.audio_in_channels,
         )
-        video_pred, audio_pred = model(**inputs.kwargs)
-        loss = masked_mse_per_sample(video_pred, inputs.target, inputs.loss_mask)
-        if inputs.audio_target is not None:
-            loss = loss + masked_mse_per_sample(audio_pred, inputs.audio_target, inputs.audio_loss_mask)
-        return loss.mean()
+        return [inputs]
 
     # ---- validation ----------------------------------------------------------------------------------------
     def build_pipeline(

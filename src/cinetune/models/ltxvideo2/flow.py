@@ -80,14 +80,3 @@ def noisy_and_target(
         noisy = torch.where(clean.unsqueeze(-1), x0, noisy)
         timestep = timestep * (~clean).to(timestep.dtype)
     return noisy, noise - x0, timestep
-
-
-def masked_mse_per_sample(
-    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None
-) -> torch.Tensor:
-    """(B, N, C) -> (B,): mean squared error over the tokens where mask (B, N) is true; 0 where none is."""
-    err = (pred.float() - target.float()) ** 2
-    if mask is None:
-        return err.mean(dim=(1, 2))
-    m = mask.to(err.dtype).unsqueeze(-1)
-    return (err * m).mean(dim=(1, 2)) / m.mean(dim=(1, 2)).clamp(min=1e-8)

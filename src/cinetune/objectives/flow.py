@@ -18,6 +18,14 @@ def sample_sigmas(batch_size: int, mu: float, sampler: str, generator: torch.Gen
     raise ValueError(f"unknown sigma sampler '{sampler}'")
 
 
+def shift_sigmas(sigmas: torch.Tensor, shift: float) -> torch.Tensor:
+    """Static shift s * sigma / (1 + (s - 1) * sigma): more of the draws at high noise for s > 1.
+
+    For a logit-normal draw this is the same as adding ln(s) to its centre: sigmoid(n + ln s).
+    """
+    return shift * sigmas / (1 + (shift - 1) * sigmas)
+
+
 def flow_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """MSE between predicted and target velocity; with a (B, N) token mask: mean(L * m) / mean(m)."""
     err = (pred.float() - target.float()) ** 2

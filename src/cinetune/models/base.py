@@ -100,7 +100,10 @@ class ModelFamily(ABC):
     """Interface every family implements: the ClassVars (data) and the abstract methods (computations)."""
 
     name: ClassVar[str]
-    aliases: ClassVar[tuple[str, ...]] = ()
+    # Other names of flavours, as the quickstarts spell them (e.g. LTX-2 "dev" for "2.0").
+    flavour_aliases: ClassVar[dict[str, str]] = {}
+    # Flavours the quickstarts name that are not built yet: name -> what it is (rejected: not supported yet).
+    unbuilt_flavours: ClassVar[dict[str, str]] = {}
     flavours: ClassVar[dict[str, Flavour]]
     default_flavour: ClassVar[str]
     frame_rule: ClassVar[FrameRule]
@@ -175,8 +178,10 @@ class ModelFamily(ABC):
         if not self.supports_audio and any(getattr(d, "audio", None) for d in data.media):
             raise NotSupportedYet(f"dataset 'audio' blocks are not supported yet for the {self.name} family")
 
-    def configure(self, cfg: Any) -> None:
-        """Read the per-run options of the train config. The base rejects those the family does not build."""
+    def configure(self, cfg: Any) -> dict[str, Any]:
+        """Read the per-run options of the train config (once, from `plan.resolve`); reject those the family
+        does not build. Returns the config values the family resolves (defaults it fills, e.g. an attention
+        backend a flavour needs): the plan applies them; the config itself is never changed."""
         from cinetune.errors import ConfigError, NotSupportedYet
 
         options = (
@@ -195,6 +200,7 @@ class ModelFamily(ABC):
                 "validation_using_datasets / eval_dataset_id pick conditioning images for image-to-video "
                 f"validation; {self.name} flavour '{self.loader.flavour}' generates from text only"
             )
+        return {}
 
     def architecture_config(self) -> dict[str, Any]:
         """The flavour's transformer config (full size, or tiny), for `cinetune bench` without weights."""

@@ -77,7 +77,7 @@ class Trainer:
         self.family = build_family(
             self.cfg.model_family, self.cfg.model_flavour, self.cfg.pretrained_model_name_or_path
         )
-        self.family.configure(self.cfg)
+        self.cfg = self.cfg.model_copy(update=self.family.configure(self.cfg))
         if self.data_cfg is not None:  # None for `cinetune bench`: no dataset
             self.family.configure_datasets(self.data_cfg)
         if self.cfg.vae_latent_sampling is None:

@@ -138,7 +138,6 @@ class TextEncoders(torch.nn.Module):
 
 class Kandinsky5VideoFamily(ModelFamily):
     name: ClassVar[str] = "kandinsky5-video"
-    aliases: ClassVar[tuple[str, ...]] = ("kandinsky5_video", "kandinsky5")
     flavours: ClassVar[dict[str, Flavour]] = {f.name: f for f in _FLAVOURS}
     default_flavour: ClassVar[str] = "t2v-lite-sft-5s"
     frame_rule: ClassVar[FrameRule] = FrameRule(temporal_multiple=4, spatial_multiple=16)
@@ -177,8 +176,8 @@ class Kandinsky5VideoFamily(ModelFamily):
         self.vae_tiling = False
         self.eval_dataset_id: str | None = None
 
-    def configure(self, cfg: Any) -> None:
-        super().configure(cfg)
+    def configure(self, cfg: Any) -> dict[str, Any]:
+        resolved = super().configure(cfg)
         self.vae_patch_conv = bool(getattr(cfg, "vae_enable_patch_conv", False))
         self.vae_tiling = bool(getattr(cfg, "vae_enable_tiling", False))
         self.eval_dataset_id = getattr(cfg, "eval_dataset_id", None)
@@ -191,7 +190,8 @@ class Kandinsky5VideoFamily(ModelFamily):
                 )
             if cfg.attention_backend == "native":
                 logger.info("NABLA sparse attention: using diffusers' flex attention backend")
-                cfg.attention_backend = "flex"
+                resolved["attention_backend"] = "flex"
+        return resolved
 
     def configure_datasets(self, data: Any) -> None:
         """Image-to-video conditions on latent frame 0 and trains the others: a clip needs 2 latent frames."""

@@ -95,7 +95,6 @@ def unpack_latents(tokens: torch.Tensor, num_frames: int, height: int, width: in
 
 class LTXVideoFamily(ModelFamily):
     name: ClassVar[str] = "ltxvideo"
-    aliases: ClassVar[tuple[str, ...]] = ("ltx-video", "ltx_video", "ltxv")
     flavours: ClassVar[dict[str, Flavour]] = {f.name: f for f in _FLAVOURS}
     default_flavour: ClassVar[str] = "0.9.5"
     frame_rule: ClassVar[FrameRule] = FrameRule(temporal_multiple=8, spatial_multiple=32)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -120,9 +121,16 @@ class AudioInputs:
 
 class LTX2Family(ModelFamily):
     name: ClassVar[str] = "ltxvideo2"
-    aliases: ClassVar[tuple[str, ...]] = ("ltx-2", "ltx2", "ltxv2", "ltx-video-2")
     flavours: ClassVar[dict[str, Flavour]] = {f.name: f for f in _FLAVOURS}
     default_flavour: ClassVar[str] = "2.0"
+    flavour_aliases: ClassVar[dict[str, str]] = {"dev": "2.0", "2.3-dev": "2.3"}
+    unbuilt_flavours: ClassVar[dict[str, str]] = {
+        "dev-fp4": "LTX-2 with fp4 weights",
+        "dev-fp8": "LTX-2 with fp8 weights",
+        "2.3-distilled": "the distilled LTX-2.3",
+        "2.5-dev": "LTX-2.5",
+        "2.5-distilled": "the distilled LTX-2.5",
+    }
     frame_rule: ClassVar[FrameRule] = FrameRule(
         temporal_multiple=8, spatial_multiple=32, reason=_FRAME_REASON
     )
@@ -164,14 +172,14 @@ class LTX2Family(ModelFamily):
     def with_audio(self) -> bool:
         return bool(self.audio_options)
 
-    def configure(self, cfg: Any) -> None:
+    def configure(self, cfg: Any) -> dict[str, Any]:
         """Options of this run: checkpoint file, text length, I2V probability, validation conditioning."""
         self.conditions_on_image = bool(getattr(cfg, "validation_using_datasets", False))
-        super().configure(cfg)
-        if cfg.ltx2_checkpoint_filename and not self.loader.is_builtin_tiny:
-            flavour = self.flavours[self.loader.flavour]
-            self.loader = LTX2Loader(self.loader.source, flavour, cfg.ltx2_checkpoint_filename)
+        resolved = super().configure(cfg)
+        self._use_checkpoint_filename(cfg.ltx2_checkpoint_filename)
         self.max_sequence_length = cfg.max_sequence_length or self.default_max_sequence_length
+        connectors = self.flavours[self.loader.flavour].extra.get("connectors_config", {})
+        self._check_text_length(connectors.get("video_connector_num_learnable_registers"))
         if self.max_sequence_length != self.default_max_sequence_length:
             logger.warning(
                 "max_sequence_length=%d: LTX2Pipeline and ltx-core encode prompts at %d tokens and the "
@@ -182,6 +190,38 @@ class LTX2Family(ModelFamily):
             )
         self.first_frame_p = cfg.first_frame_conditioning_p
         self.eval_dataset_id = getattr(cfg, "eval_dataset_id", None)
+        return resolved
+
+    def _use_checkpoint_filename(self, filename: str | None) -> None:
+        """ltx2_checkpoint_filename picks the combined file in a hub repo or folder; where the weights come
+        from elsewhere it would change nothing, so it is refused (or, for the built-in tiny model that tests
+        and demos swap in, ignored with a warning)."""
+        if self.loader.is_builtin_tiny:
+            if filename:
+                logger.warning(
+                    "ltx2_checkpoint_filename '%s' is ignored: the built-in tiny model has no checkpoint",
+                    filename,
+                )
+            return
+        if filename:
+            self.loader = LTX2Loader(self.loader.source, self.flavours[self.loader.flavour], filename)
+        mode = self.loader.mode  # checks the path now, before any weight is read
+        if filename and mode == "diffusers":
+            raise ConfigError(
+                f"ltx2_checkpoint_filename '{filename}' names a combined checkpoint file, but "
+                f"pretrained_model_name_or_path '{self.loader.source}' is a diffusers-format folder, read "
+                "component by component: remove ltx2_checkpoint_filename"
+            )
+        if (
+            filename
+            and self.loader.source.endswith(".safetensors")
+            and Path(self.loader.source).name != filename
+        ):
+            raise ConfigError(
+                f"ltx2_checkpoint_filename '{filename}' differs from the file pretrained_model_name_or_path "
+                f"names ('{Path(self.loader.source).name}'): remove ltx2_checkpoint_filename, or point "
+                "pretrained_model_name_or_path at the folder or repo that holds the file"
+            )
 
     def configure_datasets(self, data: Any) -> None:
         """Audio blocks of the datasets (audio is trained when any has one) and the eval dataset."""
@@ -257,13 +297,17 @@ class LTX2Family(ModelFamily):
 
     def connectors(self, device: torch.device, dtype: torch.dtype) -> LTX2TextConnectors:
         module = self._module("connectors", LTX2TextConnectors, device, dtype)
-        registers = module.config.video_connector_num_learnable_registers
+        self._check_text_length(module.config.video_connector_num_learnable_registers)
+        return module
+
+    def _check_text_length(self, registers: int | None) -> None:
+        """The connectors replace pads by their learnable registers, so the text length is a multiple of
+        them (the flavour's config at resolve time, the loaded connectors' at load time)."""
         if registers and self.max_sequence_length % registers:
             raise ConfigError(
                 f"max_sequence_length={self.max_sequence_length} must be a multiple of the connectors' "
                 f"{registers} registers (LTX-2 encodes prompts at 1024 tokens)"
             )
-        return module
 
     # ---- encoding (used by the caches) ---------------------------------------------------------------------
     def encode_text(

@@ -3,19 +3,53 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
-from diffusers import LTXPipeline
+from diffusers import LTXConditionPipeline, LTXPipeline
 from peft import LoraConfig
 
+from cinetune.cache.builder import CacheBuilder
 from cinetune.errors import ConfigError, NotSupportedYet
-from cinetune.models.ltxvideo.family import ltx_mu, pack_latents, unpack_latents
+from cinetune.export.lora import save_diffusers_lora
+from cinetune.models.ltxvideo.family import LTXVideoFamily, ltx_mu, pack_latents, unpack_latents
+from cinetune.models.ltxvideo.tiny import save_tiny_checkpoint
 from cinetune.models.registry import build_family
+
+# Captions of different token counts: only </s>, short, medium, and 151 tokens (whole at 256, cut at 128).
+_CAPTIONS = ["", "a cat", "a red cat walks in the rain at night", " ".join(["the"] * 150)]
 
 
 def _family(path: Path | None):
     return build_family("ltxvideo", "tiny", str(path) if path else None)
+
+
+@pytest.fixture(scope="module")
+def tiny_ltx_condition_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model (same weights as `tiny_ltx_dir`) in a 0.9.7-style folder: LTXConditionPipeline, static
+    shift scheduler."""
+    folder = tmp_path_factory.mktemp("tiny-ltx-condition") / "LTX-Video-0.9.7-tiny"
+    return save_tiny_checkpoint(folder, pipeline_class=LTXConditionPipeline)
+
+
+def _served(flavour: str, tiny_ltx_dir: Path, condition_dir: Path) -> tuple[LTXVideoFamily, Path]:
+    """A family of `flavour` on the tiny weights, in the folder layout of its serving pipeline."""
+    folder = condition_dir if flavour.startswith("0.9.7") else tiny_ltx_dir
+    return build_family("ltxvideo", flavour, str(folder)), folder
+
+
+def _builder(family: LTXVideoFamily, root: Path, text_batch_size: int = 16, length: int | None = None):
+    return CacheBuilder(
+        family,
+        text_root=root,
+        latent_roots={},
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+        max_sequence_length=length or family.default_max_sequence_length,
+        text_batch_size=text_batch_size,
+    )
 
 
 def test_loads_from_diffusers_folder_same_as_builtin(tiny_ltx_dir: Path) -> None:
@@ -154,3 +188,176 @@ def test_lora_on_attention_and_gradient_checkpointing_same_loss() -> None:
     assert losses[0] == pytest.approx(losses[1], rel=1e-6)
     torch.testing.assert_close(grads[0], grads[1])
     assert grads[0].abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    ("flavour", "pipeline_class", "length", "t5_mask"),
+    [
+        ("0.9.0", LTXPipeline, 128, False),
+        ("0.9.1", LTXPipeline, 128, False),
+        ("0.9.5", LTXPipeline, 128, False),
+        ("tiny", LTXPipeline, 128, False),
+        ("0.9.7-13b-dev", LTXConditionPipeline, 256, True),
+        ("0.9.7-13b-distilled", LTXConditionPipeline, 256, True),
+        ("0.9.8-13b-distilled", LTXConditionPipeline, 256, True),
+    ],
+)
+def test_each_flavour_encodes_as_its_serving_pipeline(
+    flavour: str, pipeline_class: type, length: int, t5_mask: bool
+) -> None:
+    family = build_family("ltxvideo", flavour, None)
+    assert family.pipeline_class is pipeline_class
+    assert family.default_max_sequence_length == length  # what the trainer uses when the config has none
+    assert family.t5_attention_mask is t5_mask
+    assert family.component_identity("text").endswith(f":t5_mask={t5_mask}")
+
+
+@pytest.mark.parametrize("flavour", ["0.9.5", "0.9.7-13b-dev"])
+@pytest.mark.parametrize("text_batch_size", [1, 3])
+def test_cached_text_recollated_equals_the_serving_pipelines_encode_prompt(
+    flavour: str, text_batch_size: int, tiny_ltx_dir: Path, tiny_ltx_condition_dir: Path, tmp_path: Path
+) -> None:
+    """Through the cache (encoded in chunks of `text_batch_size`, stored, loaded, re-collated in batches of 1
+    and 4): the real tokens equal the flavour's pipeline's own encode_prompt at its own default length."""
+    family, folder = _served(flavour, tiny_ltx_dir, tiny_ltx_condition_dir)
+    builder = _builder(family, tmp_path / "text", text_batch_size)
+    builder.build_text(_CAPTIONS)
+    pipe = family.pipeline_class.from_pretrained(folder)  # its own T5 and tokenizer, from the folder
+    for batch in ([_CAPTIONS[2]], _CAPTIONS):
+        text = family.collate_text([builder.index.text_embeds(c) for c in batch])
+        ref, ref_mask, _, _ = pipe.encode_prompt(
+            batch, do_classifier_free_guidance=False, device=torch.device("cpu")
+        )
+        assert ref.shape[1] == family.default_max_sequence_length
+        embeds, mask = text["prompt_embeds"], text["prompt_attention_mask"]
+        length = embeds.shape[1]
+        assert torch.equal(mask, ref_mask[:, :length]) and not ref_mask[:, length:].any()
+        torch.testing.assert_close(embeds[mask], ref[:, :length][mask])
+        assert not embeds[~mask].any()  # collate pads with zeros, which the transformer masks out
+    # The 151-token caption: whole at 256, cut to 128 (127 words + </s>) by LTXPipeline.
+    assert builder.index.text_embeds(_CAPTIONS[3])["prompt_embeds"].shape[0] == min(151, len(ref[0]))
+
+
+def test_the_t5_mask_changes_the_embeddings_so_the_match_can_fail(tiny_ltx_condition_dir: Path) -> None:
+    """On the tiny T5, encoding without the mask (LTXPipeline's way) moves the real tokens far from the masked
+    encoding (LTXConditionPipeline's): the equality test above would fail for the wrong flavour."""
+    served = build_family("ltxvideo", "0.9.7-13b-dev", str(tiny_ltx_condition_dir))
+    unmasked = build_family("ltxvideo", "0.9.5", str(tiny_ltx_condition_dir))
+    tokenizer, encoder = served.load_text_encoder(torch.float32)
+    caption = [_CAPTIONS[2]]
+    (new,) = served.encode_text(tokenizer, encoder, caption, 256)
+    (old,) = unmasked.encode_text(tokenizer, encoder, caption, 128)
+    assert new["prompt_embeds"].shape == old["prompt_embeds"].shape == (10, 32)
+    difference = (new["prompt_embeds"] - old["prompt_embeds"]).abs().max().item()
+    assert difference > 0.5  # measured 3.04; T5's final RMS norm keeps values about 1-3
+    pipe = LTXConditionPipeline.from_pretrained(tiny_ltx_condition_dir)
+    ref = pipe.encode_prompt(caption, do_classifier_free_guidance=False, device=torch.device("cpu"))[0]
+    assert not torch.allclose(old["prompt_embeds"], ref[0, :10], atol=0.1)
+    # With the mask T5 ignores the pads, so the length does not matter; without it, it does.
+    (masked_128,) = served.encode_text(tokenizer, encoder, caption, 128)
+    torch.testing.assert_close(masked_128["prompt_embeds"], new["prompt_embeds"])
+    (unmasked_256,) = unmasked.encode_text(tokenizer, encoder, caption, 256)
+    assert not torch.allclose(unmasked_256["prompt_embeds"], old["prompt_embeds"], atol=0.1)
+
+
+def test_text_cache_key_changes_with_the_t5_mask(tiny_ltx_condition_dir: Path, tmp_path: Path) -> None:
+    """Same weights, same caption, same length: entries encoded with and without the mask never mix."""
+    source = str(tiny_ltx_condition_dir)
+    masked = _builder(build_family("ltxvideo", "0.9.7-13b-dev", source), tmp_path, length=256)
+    also_masked = _builder(build_family("ltxvideo", "0.9.8-13b-distilled", source), tmp_path, length=256)
+    unmasked = _builder(build_family("ltxvideo", "0.9.5", source), tmp_path, length=256)
+    assert masked.text_key("a cat") == also_masked.text_key("a cat")
+    assert masked.text_key("a cat") != unmasked.text_key("a cat")
+
+
+@pytest.mark.parametrize("flavour", ["tiny", "0.9.7-13b-dev"])
+def test_validation_generates_with_the_serving_pipeline_from_cached_embeddings(
+    flavour: str, tiny_ltx_dir: Path, tiny_ltx_condition_dir: Path
+) -> None:
+    """The family's validation pipeline, fed cached embeddings, makes the video the serving pipeline makes
+    from the prompt text itself (same seed, 2 steps, CFG on)."""
+    family, folder = _served(flavour, tiny_ltx_dir, tiny_ltx_condition_dir)
+    tokenizer, encoder = family.load_text_encoder(torch.float32)
+    positive, negative = family.encode_text(
+        tokenizer, encoder, ["a red cat walks", ""], family.default_max_sequence_length
+    )
+    transformer = family.load_transformer(torch.float32).eval()
+    vae = family.load_vae(torch.float32).eval()
+    pipe = family.build_pipeline(transformer, vae, family.load_scheduler())
+    assert type(pipe) is family.pipeline_class
+    pipe.set_progress_bar_config(disable=True)
+    size = {"width": 64, "height": 64, "num_frames": 9, "guidance_scale": 3.0, "num_inference_steps": 2}
+    video = family.generate(
+        pipe,
+        positive,
+        negative,
+        **size,
+        frame_rate=24.0,
+        generator=torch.Generator().manual_seed(0),
+        device=torch.device("cpu"),
+    )
+    assert video.frames.shape == (9, 64, 64, 3) and np.isfinite(video.frames).all()
+    reference = family.pipeline_class.from_pretrained(folder)
+    reference.set_progress_bar_config(disable=True)
+    expected = reference(
+        prompt="a red cat walks",
+        negative_prompt="",
+        **size,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+        **family.pipeline_call_kwargs(24.0),
+    ).frames[0]
+    np.testing.assert_allclose(video.frames, expected, atol=1e-4)
+
+
+def test_ltx_condition_flavour_refuses_a_dynamic_shift_scheduler(tiny_ltx_dir: Path) -> None:
+    family = build_family("ltxvideo", "0.9.7-13b-dev", str(tiny_ltx_dir))  # LTXPipeline-style scheduler
+    with pytest.raises(ConfigError, match="dynamic-shift scheduler"):
+        family.load_scheduler()
+
+
+def test_lora_saved_by_a_0_9_7_family_loads_into_both_pipelines(
+    tiny_ltx_dir: Path, tiny_ltx_condition_dir: Path, tmp_path: Path
+) -> None:
+    family = build_family("ltxvideo", "0.9.7-13b-dev", str(tiny_ltx_condition_dir))
+    model = family.load_transformer(torch.float32).eval()
+    config = LoraConfig(r=4, lora_alpha=4, target_modules=list(family.default_lora_targets))
+    model.add_adapter(config)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)  # as if trained
+    path = save_diffusers_lora(tmp_path, family.pipeline_class, model, config.to_dict())
+    torch.manual_seed(2)
+    inputs = family.prepare_inputs(
+        torch.randn(1, 16, 2, 2, 3),
+        torch.randn(1, 16, 2, 2, 3),
+        torch.tensor([0.5]),
+        family.collate_text([{"prompt_embeds": torch.randn(4, 32)}]),
+        25.0,
+        torch.float32,
+    ).kwargs
+    with torch.no_grad():
+        trained = model(**inputs)[0]
+    for pipeline_class, folder in (
+        (LTXPipeline, tiny_ltx_dir),
+        (LTXConditionPipeline, tiny_ltx_condition_dir),
+    ):
+        pipe = pipeline_class.from_pretrained(folder)
+        with torch.no_grad():
+            base = pipe.transformer(**inputs)[0]
+            pipe.load_lora_weights(path)
+            loaded = pipe.transformer(**inputs)[0]
+        assert not torch.allclose(base, trained, atol=1e-4)
+        torch.testing.assert_close(loaded, trained, atol=1e-5, rtol=1e-4)
+
+
+def test_a_text_length_other_than_the_serving_pipelines_is_warned(caplog: pytest.LogCaptureFixture) -> None:
+    family = build_family("ltxvideo", "0.9.7-13b-dev", None)
+    for length in (None, 256):
+        caplog.clear()
+        family.configure(SimpleNamespace(max_sequence_length=length))
+        assert "max_sequence_length" not in caplog.text
+    family.configure(SimpleNamespace(max_sequence_length=128))
+    assert "LTXConditionPipeline encodes prompts for flavour 0.9.7-13b-dev at 256 tokens" in caplog.text

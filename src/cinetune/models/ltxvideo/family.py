@@ -1,28 +1,34 @@
 """The ltxvideo family: how LTX-Video 0.9.x encodes text and video, and what its transformer is trained on.
 
-Facts (TRAINING_FACTS.md section 1): T5 last hidden state, right-padded to 128 tokens, bool mask; VAE latents
-normalized (z - mean_c) * sf / std_c; tokens ordered frame -> row -> col; target velocity eps - x0;
+Facts (TRAINING_FACTS.md section 1): T5 last hidden state, right-padded to the serving pipeline's length
+(LTXPipeline 128 tokens, T5 run without a mask; LTXConditionPipeline 256, mask passed to T5), bool mask; VAE
+latents normalized (z - mean_c) * sf / std_c; tokens ordered frame -> row -> col; target velocity eps - x0;
 sigma = sigmoid(N(mu(N), 1)) with mu(N) = 0.95 + (N - 1024) * 1.1 / 3072 over video tokens N;
 timestep round(1000 sigma); RoPE scale (8 / fps, 32, 32).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any, ClassVar
 
 import torch
 from diffusers import (
     AutoencoderKLLTXVideo,
     FlowMatchEulerDiscreteScheduler,
+    LTXConditionPipeline,
     LTXPipeline,
     LTXVideoTransformer3DModel,
 )
 from transformers import AutoTokenizer, T5EncoderModel
 
+from cinetune.errors import ConfigError
 from cinetune.models.base import Flavour, FrameRule, ModelFamily
 from cinetune.models.loading import ComponentLoader
 from cinetune.models.ltxvideo import tiny
 from cinetune.objectives import LossStream, ModelInputs
+
+logger = logging.getLogger(__name__)
 
 # Transformer architectures (diffusers' conversion script configs): 2B for 0.9.0-0.9.5, 13B from 0.9.7.
 _ARCH_2B = {
@@ -47,9 +53,22 @@ _ARCH_13B = {
 
 # From 0.9.1 the VAE decoder is timestep-conditioned; diffusers' LTX docs decode with a little noise.
 _DECODE = {"decode_timestep": 0.05, "decode_noise_scale": 0.025}
-_2B = {"transformer_config": _ARCH_2B}
-_2B_NOISE = {"transformer_config": _ARCH_2B, "pipeline_kwargs": _DECODE}
-_13B_NOISE = {"transformer_config": _ARCH_13B, "pipeline_kwargs": _DECODE}
+
+# The diffusers pipeline that serves a release at inference, and how it encodes prompts (its
+# `_get_t5_prompt_embeds`): captions are cached exactly as that pipeline encodes them, and validation
+# generates with it. LTXPipeline right-pads to 128 tokens and runs T5 WITHOUT the attention mask (the pads
+# take part in T5's self-attention, so they change the real tokens' states); LTXConditionPipeline, the
+# pipeline diffusers documents for 0.9.7 and 0.9.8 (and the length LTX-Video-Trainer uses), pads to 256 and
+# passes the mask.
+_SERVED_BY_LTX = {"pipeline_class": LTXPipeline, "max_sequence_length": 128, "t5_attention_mask": False}
+_SERVED_BY_CONDITION = {
+    "pipeline_class": LTXConditionPipeline,
+    "max_sequence_length": 256,
+    "t5_attention_mask": True,
+}
+_2B = {"transformer_config": _ARCH_2B, **_SERVED_BY_LTX}
+_2B_NOISE = {"transformer_config": _ARCH_2B, "pipeline_kwargs": _DECODE, **_SERVED_BY_LTX}
+_13B_NOISE = {"transformer_config": _ARCH_13B, "pipeline_kwargs": _DECODE, **_SERVED_BY_CONDITION}
 
 _FLAVOURS = [
     Flavour("0.9.0", "Lightricks/LTX-Video", "LTX-Video 2B v0.9 (first release)", extra=_2B),
@@ -72,7 +91,7 @@ _FLAVOURS = [
         "tiny",
         None,
         "Tiny random model built in memory (tests and `make demo`)",
-        extra={"transformer_config": tiny.TINY_TRANSFORMER_CONFIG},
+        extra={"transformer_config": tiny.TINY_TRANSFORMER_CONFIG, **_SERVED_BY_LTX},
     ),
 ]
 
@@ -99,6 +118,7 @@ class LTXVideoFamily(ModelFamily):
     default_flavour: ClassVar[str] = "0.9.5"
     frame_rule: ClassVar[FrameRule] = FrameRule(temporal_multiple=8, spatial_multiple=32)
     default_lora_targets: ClassVar[tuple[str, ...]] = ("to_k", "to_q", "to_v", "to_out.0")
+    # Class defaults (the 2B releases); each instance takes its flavour's values (`_SERVED_BY_*`).
     default_max_sequence_length: ClassVar[int] = 128
     default_frame_rate: ClassVar[float] = 25.0
     pipeline_class: ClassVar[type] = LTXPipeline
@@ -114,6 +134,28 @@ class LTXVideoFamily(ModelFamily):
 
     def __init__(self, loader: ComponentLoader) -> None:
         self.loader = loader
+        served = self.flavours[loader.flavour].extra
+        # The serving pipeline: validation generates with it and the LoRA is saved through it (LTXPipeline and
+        # LTXConditionPipeline share LTXVideoLoraLoaderMixin, so the file loads into either).
+        self.pipeline_class = served["pipeline_class"]
+        # What the trainer encodes captions at when max_sequence_length is unset.
+        self.default_max_sequence_length = served["max_sequence_length"]
+        self.t5_attention_mask: bool = served["t5_attention_mask"]
+
+    def configure(self, cfg: Any) -> dict[str, Any]:
+        resolved = super().configure(cfg)
+        length = getattr(cfg, "max_sequence_length", None)
+        if length and length != self.default_max_sequence_length:
+            logger.warning(
+                "max_sequence_length=%d: %s encodes prompts for flavour %s at %d tokens%s, so this LoRA "
+                "trains on text embeddings that inference will not reproduce",
+                length,
+                self.pipeline_class.__name__,
+                self.loader.flavour,
+                self.default_max_sequence_length,
+                "" if self.t5_attention_mask else " (T5 sees the pads: its states depend on the length)",
+            )
+        return resolved
 
     # ---- loading -------------------------------------------------------------------------------------------
     def tiny_components(self) -> dict[str, Any]:
@@ -134,14 +176,25 @@ class LTXVideoFamily(ModelFamily):
         return self.load_part(LTXVideoTransformer3DModel, "transformer", dtype)
 
     def load_scheduler(self) -> FlowMatchEulerDiscreteScheduler:
-        return self.load_part(FlowMatchEulerDiscreteScheduler, "scheduler")
+        scheduler = self.load_part(FlowMatchEulerDiscreteScheduler, "scheduler")
+        if self.pipeline_class is LTXConditionPipeline and scheduler.config.use_dynamic_shifting:
+            # LTXConditionPipeline sets its own sigma grid and passes no `mu`: diffusers would raise when
+            # validation starts sampling; say it before training.
+            raise ConfigError(
+                f"flavour {self.loader.flavour} validates with LTXConditionPipeline, which cannot sample "
+                f"with the dynamic-shift scheduler of '{self.loader.source}' (use_dynamic_shifting=true): "
+                "point pretrained_model_name_or_path at a 0.9.7 / 0.9.8 diffusers folder, or set "
+                "disable_validation"
+            )
+        return scheduler
 
     # ---- encoding (used by the caches) ---------------------------------------------------------------------
     @torch.no_grad()
     def encode_text(
         self, tokenizer: Any, text_encoder: torch.nn.Module, captions: list[str], max_sequence_length: int
     ) -> list[dict[str, torch.Tensor]]:
-        """As LTXPipeline: right-pad to max_sequence_length, encode without a mask; keep the real tokens only.
+        """As the flavour's serving pipeline: right-pad to max_sequence_length, run T5 with the attention mask
+        (LTXConditionPipeline) or without it (LTXPipeline); keep the real tokens only.
 
         The transformer masks pads with a -10000 bias, so dropping them (and padding with zeros at collate
         time, masked again) gives the same result as the pipeline's padded embeddings.
@@ -155,8 +208,11 @@ class LTXVideoFamily(ModelFamily):
             add_special_tokens=True,
             return_tensors="pt",
         )
-        hidden = text_encoder(inputs.input_ids.to(device))[0]
-        lengths = inputs.attention_mask.sum(dim=1).tolist()
+        mask = inputs.attention_mask.bool()
+        hidden = text_encoder(
+            inputs.input_ids.to(device), attention_mask=mask.to(device) if self.t5_attention_mask else None
+        )[0]
+        lengths = mask.sum(dim=1).tolist()
         return [{"prompt_embeds": hidden[i, : int(n)].cpu()} for i, n in enumerate(lengths)]
 
     @torch.no_grad()
@@ -225,12 +281,18 @@ class LTXVideoFamily(ModelFamily):
         # LTX-Video-Trainer: the mean over every token of the batch.
         return ModelInputs(kwargs=kwargs, streams=[LossStream("video", target)])
 
+    def component_identity(self, kind: str) -> str:
+        """The text entries also depend on whether T5 saw the attention mask (the length is keyed already)."""
+        identity = super().component_identity(kind)
+        return f"{identity}:t5_mask={self.t5_attention_mask}" if kind == "text" else identity
+
     # ---- validation and export ---------------------------------------------------------------------------
     def build_pipeline(
         self, transformer: torch.nn.Module, vae: torch.nn.Module, scheduler: Any
-    ) -> LTXPipeline:
-        """A pipeline without text encoder: validation passes cached prompt embeddings."""
-        return LTXPipeline(
+    ) -> LTXPipeline | LTXConditionPipeline:
+        """The flavour's serving pipeline without text encoder: validation passes cached prompt embeddings
+        (LTXConditionPipeline without conditions generates text-to-video)."""
+        return self.pipeline_class(
             transformer=transformer, vae=vae, scheduler=scheduler, text_encoder=None, tokenizer=None
         )
 

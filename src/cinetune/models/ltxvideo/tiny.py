@@ -13,6 +13,7 @@ import torch
 from diffusers import (
     AutoencoderKLLTXVideo,
     FlowMatchEulerDiscreteScheduler,
+    LTXConditionPipeline,
     LTXPipeline,
     LTXVideoTransformer3DModel,
 )
@@ -50,8 +51,11 @@ def tiny_tokenizer() -> T5Tokenizer:
 
 
 @keeps_global_rng
-def tiny_components(seed: int = 0) -> dict:
-    """Fresh tiny components with deterministic random weights (the keys of LTXPipeline)."""
+def tiny_components(seed: int = 0, dynamic_shifting: bool = True) -> dict:
+    """Fresh tiny components with deterministic random weights (the keys of LTXPipeline).
+
+    dynamic_shifting=False gives the scheduler diffusers converts 0.9.5 and later with (static shift 1), the
+    only kind LTXConditionPipeline can sample with (it sets its own sigma grid and passes no `mu`)."""
     torch.manual_seed(seed)
     tokenizer = tiny_tokenizer()
     text_encoder = T5EncoderModel(
@@ -89,13 +93,17 @@ def tiny_components(seed: int = 0) -> dict:
     generator = torch.Generator().manual_seed(seed + 1)
     vae.latents_mean.copy_(torch.randn(TINY_LATENT_CHANNELS, generator=generator) * 0.1)
     vae.latents_std.copy_(torch.rand(TINY_LATENT_CHANNELS, generator=generator) * 0.5 + 0.75)
-    scheduler = FlowMatchEulerDiscreteScheduler(
-        use_dynamic_shifting=True,
-        base_shift=0.95,
-        max_shift=2.05,
-        base_image_seq_len=1024,
-        max_image_seq_len=4096,
-        shift_terminal=0.1,
+    scheduler = (
+        FlowMatchEulerDiscreteScheduler(
+            use_dynamic_shifting=True,
+            base_shift=0.95,
+            max_shift=2.05,
+            base_image_seq_len=1024,
+            max_image_seq_len=4096,
+            shift_terminal=0.1,
+        )
+        if dynamic_shifting
+        else FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=False, shift=1.0)
     )
     return {
         "transformer": transformer,
@@ -106,8 +114,11 @@ def tiny_components(seed: int = 0) -> dict:
     }
 
 
-def save_tiny_checkpoint(folder: Path, seed: int = 0) -> Path:
-    """Write a tiny LTX-Video pipeline in the real diffusers folder layout (model_index.json + subfolders)."""
-    pipe = LTXPipeline(**tiny_components(seed))
-    pipe.save_pretrained(folder)
+def save_tiny_checkpoint(folder: Path, seed: int = 0, pipeline_class: type = LTXPipeline) -> Path:
+    """Write a tiny LTX-Video pipeline in the real diffusers folder layout (model_index.json + subfolders).
+
+    pipeline_class=LTXConditionPipeline writes a 0.9.7 / 0.9.8-style folder: model_index.json names that
+    pipeline and the scheduler has a static shift. The weights are the same for a given seed either way."""
+    components = tiny_components(seed, dynamic_shifting=pipeline_class is not LTXConditionPipeline)
+    pipeline_class(**components).save_pretrained(folder)
     return folder

@@ -34,6 +34,7 @@ from peft import LoraConfig
 from cinetune.cache.builder import CacheBuilder
 from cinetune.config import load_config
 from cinetune.demo import write_demo_configs, write_demo_dataset
+from cinetune.plan import resolve
 from cinetune.training.batches import load_batch
 from cinetune.training.sampler import epoch_batches
 from cinetune.training.trainer import Trainer
@@ -450,7 +451,7 @@ def run(s: Settings, root: Path) -> dict[str, Any]:
     # Other processes on the machine skew every figure; the load average lets a reader judge a run.
     load_start = os.getloadavg()[0]
     set_threads(s.threads)
-    trainer = Trainer(load_config(write_workspace(root, s)))
+    trainer = Trainer(resolve(load_config(write_workspace(root, s))))
     trainer.output_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(trainer.cfg.seed)
     trainer.scan()

@@ -32,8 +32,10 @@ from typing import Any
 import torch
 
 from cinetune.benchmark import run_bench
+from cinetune.config import LoadedConfig
 from cinetune.config.load import build_train_config
 from cinetune.errors import CinetuneError
+from cinetune.plan import resolve
 
 GROUPS: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "attention": [
@@ -68,7 +70,8 @@ def _run(base: dict[str, Any], change: dict[str, Any], args: argparse.Namespace)
     size = tuple(int(v) for v in args.resolution.lower().split("x"))
     try:
         train = build_train_config({**base, **change}, where="speed_options")
-        result = run_bench(train, size, args.frames, args.batch, args.steps, args.warmup, args.peak_tflops)
+        plan = resolve(LoadedConfig(train=train, data=None, config_path=None))
+        result = run_bench(plan, size, args.frames, args.batch, args.steps, args.warmup, args.peak_tflops)
         return asdict(result)
     except (CinetuneError, RuntimeError, ValueError, ImportError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

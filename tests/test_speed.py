@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from cinetune.config import LoadedConfig
 from cinetune.config.load import build_train_config
 from cinetune.errors import ConfigError
+from cinetune.plan import resolve
 from cinetune.training.batches import Batch
 from cinetune.training.trainer import Trainer
 
@@ -26,7 +28,7 @@ def _losses(**overrides) -> list[float]:
             **overrides,
         }
     )
-    trainer = Trainer(LoadedConfig(train=cfg, data=None, config_path=None))
+    trainer = Trainer(resolve(LoadedConfig(train=cfg, data=None, config_path=None)))
     config = trainer.family.architecture_config()
     transformer = trainer.family.load_transformer(torch.float32)
     torch.manual_seed(0)  # the same LoRA init in every run
@@ -43,7 +45,8 @@ def test_attention_backend_math_matches_default() -> None:
 
 def test_unknown_attention_backend_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="attention_backend 'flashy' is not a diffusers backend"):
-        build_train_config({"model_family": "ltxvideo", "attention_backend": "flashy"})
+        train = build_train_config({"model_family": "ltxvideo", "attention_backend": "flashy"})
+        resolve(LoadedConfig(train=train, data=None, config_path=None))
 
 
 @pytest.mark.slow

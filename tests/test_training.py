@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 
 from cinetune.config import load_config
+from cinetune.plan import resolve
 from cinetune.training.checkpoint import list_checkpoints
 from cinetune.training.trainer import Trainer
 
 
 def _train(root: Path, clips: Path, make_config, **overrides):
-    return Trainer(load_config(make_config(root, clips, None, **overrides))).run()
+    return Trainer(resolve(load_config(make_config(root, clips, None, **overrides)))).run()
 
 
 def test_overfit_loss_falls(tmp_path: Path, clips_dir: Path, make_config) -> None:

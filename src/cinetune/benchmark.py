@@ -10,14 +10,12 @@ checkpointing repeats in backward (model FLOPs), which is counted and reported a
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import resource
 import statistics
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,9 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from cinetune.config import AudioOptions, DataBackendConfig, DatasetConfig, LoadedConfig, TrainConfig
+from cinetune.config import AudioOptions, DataBackendConfig, DatasetConfig
+from cinetune.models.base import random_module
+from cinetune.plan import RunPlan
 from cinetune.training.batches import Batch
 from cinetune.training.speed import apply_gradient_checkpointing
 from cinetune.training.trainer import Trainer
@@ -64,20 +64,7 @@ class BenchResult:
     settings: dict[str, Any]
 
 
-@contextlib.contextmanager
-def default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
-
-
-def random_transformer(cls: type, config: dict[str, Any], dtype: torch.dtype, device: torch.device):
-    """The architecture with random weights, allocated and initialised directly on `device` in `dtype`."""
-    with torch.device(device), default_dtype(dtype if dtype.is_floating_point else torch.float32):
-        return cls.from_config(config)
+random_transformer = random_module  # the name the LTX-2 family imports (moves to models.base)
 
 
 def synthetic_batch(trainer: Trainer, config: dict[str, Any], size: tuple[int, int], frames: int, batch: int):
@@ -117,18 +104,19 @@ def bench_audio_datasets() -> DataBackendConfig:
 
 
 def run_bench(
-    train: TrainConfig,
+    plan: RunPlan,
     size: tuple[int, int],
     frames: int,
     batch: int,
     steps: int,
     warmup: int,
     peak_tflops: float | None = None,
-    data: DataBackendConfig | None = None,
 ) -> BenchResult:
-    """`data` (the config's dataset file, or `bench_audio_datasets()`) only configures the family: with an
-    `audio` block LTX-2 trains audio too. No dataset is read."""
-    trainer = Trainer(LoadedConfig(train=train, data=data, config_path=None))
+    """Time the plan's training step. The plan's datasets (the config's dataset file, or
+    `bench_audio_datasets()`) only configure the family: with an `audio` block LTX-2 trains audio too. No
+    dataset is read."""
+    train = plan.train
+    trainer = Trainer(plan)
     audio = bool(getattr(trainer.family, "with_audio", False))
     family, device = trainer.family, trainer.device
     rule = family.frame_rule

@@ -1,44 +1,58 @@
-"""`cinetune check`: validate the config and the dataset without loading any weights."""
+"""`cinetune check`: the run plan and the dataset scan `cinetune train` would start from, without weights.
+
+It runs the same resolution (`plan.resolve`), scan and epoch planning as `train`, so a config that passes
+here is one `train` accepts, and an error here is the error `train` would stop with.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 
-from cinetune.config import LoadedConfig
 from cinetune.data import SkipReport, scan_datasets
-from cinetune.errors import DataError
-from cinetune.models.registry import build_family, resolve_flavour
+from cinetune.plan import RunPlan
+from cinetune.training.sampler import plan_epoch
 
 
-def check_report(loaded: LoadedConfig) -> tuple[str, bool]:
-    """Human-readable report and whether training could start."""
-    cfg = loaded.train
-    family = build_family(cfg.model_family, cfg.model_flavour, cfg.pretrained_model_name_or_path)
-    flavour = resolve_flavour(type(family), cfg.model_flavour)
+def check_report(plan: RunPlan, emit: Callable[[str], None]) -> None:
+    """Write the report of a run through `emit`, line by line; raise the CinetuneError `cinetune train` would
+    stop with (after the lines that explain it: datasets, buckets, skipped files)."""
+    cfg, family, flavour = plan.train, plan.family, plan.flavour
     rule = family.frame_rule
-    lines = [
+    emit(
         f"model: {family.name} / {flavour.name} ({flavour.description}) from "
-        f"{family.loader.source or 'built-in tiny weights'}",
-        f"frame rule: {rule.temporal_multiple}k+1 frames, sides multiple of {rule.spatial_multiple}",
-    ]
-    frames = rule.adjust_frames(cfg.validation_num_video_frames, "validation_num_video_frames")
-    lines.append(
-        f"validation: {frames} frames at {cfg.validation_resolution}, every {cfg.validation_steps} steps"
-        if cfg.validation_steps
-        else "validation: at the end only"
-        if cfg.validation_prompt
-        else "validation: none (no validation_prompt)"
+        f"{family.loader.source or 'built-in tiny weights'}"
     )
+    emit(f"frame rule: {rule.temporal_multiple}k+1 frames, sides multiple of {rule.spatial_multiple}")
+    emit(f"LoRA: rank {cfg.lora_rank}, alpha {cfg.lora_alpha:g} on {', '.join(cfg.lora_target_modules)}")
     report = SkipReport()
-    ok = True
-    try:
-        samples = scan_datasets(
-            loaded.data.media, rule, cfg.frame_rate, cfg.seed, report, audio_datasets=loaded.data.datasets
-        )
-    except DataError as exc:
-        samples, ok = [], False
-        lines.append(f"[red]dataset: {exc}[/]")
-    for dataset in loaded.data.media:
+    samples = scan_datasets(
+        plan.training_media, rule, cfg.frame_rate, cfg.seed, report, audio_datasets=plan.data.datasets
+    )
+    for line in _dataset_lines(plan, samples):
+        emit(line)
+    if len(report):
+        emit(f"skipped {len(report)} file(s):")
+        emit(report.summary())
+    _, steps_per_epoch = plan_epoch(
+        samples,
+        {d.id: d.repeats for d in plan.media},
+        cfg.train_batch_size,
+        cfg.gradient_accumulation_steps,
+        cfg.seed,
+        0,
+        cfg.num_processes,
+    )
+    total = cfg.max_train_steps or cfg.num_train_epochs * steps_per_epoch
+    emit(f"schedule: {steps_per_epoch} step(s) per epoch, {total} step(s) in all")
+    emit(_validation_line(plan, samples))
+    emit("[green]config OK[/]")
+
+
+def _dataset_lines(plan: RunPlan, samples: list) -> list[str]:
+    cfg = plan.train
+    lines = []
+    for dataset in plan.training_media:
         mine = [s for s in samples if s.dataset_id == dataset.id]
         buckets = Counter(s.bucket.key for s in mine)
         lines.append(
@@ -59,8 +73,19 @@ def check_report(loaded: LoadedConfig) -> tuple[str, bool]:
                 f"  [yellow]buckets smaller than train_batch_size={cfg.train_batch_size} will not "
                 f"train: {', '.join(small)}[/]"
             )
-    if len(report):
-        lines.append(f"skipped {len(report)} file(s):")
-        lines.append(report.summary())
-    lines.append("[green]config OK[/]" if ok else "[red]nothing to train on[/]")
-    return "\n".join(lines), ok
+    return lines
+
+
+def _validation_line(plan: RunPlan, samples: list) -> str:
+    cfg = plan.train
+    if cfg.disable_validation:
+        return "validation: disabled"
+    first = samples[0].captions[0] if samples else None
+    prompts = plan.prompts_for(first)
+    if not prompts:
+        return "validation: none (no validation_prompt)"
+    frames = plan.family.frame_rule.frames_down(cfg.validation_num_video_frames)
+    when = f"every {cfg.validation_steps} steps and at the end" if cfg.validation_steps else "at the end"
+    source = " (the first training caption)" if plan.prompt_from_first_sample else ""
+    size = cfg.validation_resolution
+    return f"validation: {len(prompts)} prompt(s){source}, {frames} frames at {size}, {when}"

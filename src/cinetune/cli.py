@@ -39,14 +39,16 @@ def _config_path(arg: str | None) -> Path | None:
     return next((p for p in _DEFAULT_CONFIGS if p.exists()), None)
 
 
-def _load(args: argparse.Namespace, extra: list[str]):
+def _plan(args: argparse.Namespace, extra: list[str]):
+    """The config files and overrides, resolved into the run plan every command works from."""
     from cinetune.config import load_config, parse_overrides
+    from cinetune.plan import resolve
 
     overrides = parse_overrides(extra)
     path = _config_path(args.config)
     if path is None and "model_family" not in overrides:
         raise ConfigError("no config: write config/config.json (see examples/) or pass --config PATH")
-    return load_config(path, overrides)
+    return resolve(load_config(path, overrides))
 
 
 def _launch_distributed(args: argparse.Namespace, extra: list[str], num_processes: int) -> int:
@@ -69,27 +71,28 @@ def _launch_distributed(args: argparse.Namespace, extra: list[str], num_processe
 
 
 def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
-    loaded = _load(args, extra)
-    if loaded.train.num_processes > 1 and "WORLD_SIZE" not in os.environ:
-        return _launch_distributed(args, extra, loaded.train.num_processes)
+    plan = _plan(args, extra)  # a bad config stops here, before N processes start
+    if plan.train.num_processes > 1 and "WORLD_SIZE" not in os.environ:
+        return _launch_distributed(args, extra, plan.train.num_processes)
     from cinetune.training.trainer import Trainer
 
-    trainer = Trainer(loaded)
-    _snapshot_config(loaded, trainer.acc.is_main_process)
+    trainer = Trainer(plan)
+    _snapshot_config(plan, trainer.acc.is_main_process)
     result = trainer.run()
     if trainer.acc.is_main_process:
-        _print_outputs(result, loaded.train.output_dir)
+        _print_outputs(result, plan.train.output_dir)
     return 0
 
 
-def _snapshot_config(loaded: Any, is_main: bool) -> None:
+def _snapshot_config(plan: Any, is_main: bool) -> None:
+    """The resolved config (every default filled in) and the datasets, beside the run's outputs."""
     if not is_main:
         return
-    out = Path(loaded.train.output_dir)
+    out = Path(plan.train.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "cinetune_config.json").write_text(loaded.train.model_dump_json(indent=2))
+    (out / "cinetune_config.json").write_text(plan.train.model_dump_json(indent=2))
     (out / "cinetune_datasets.json").write_text(
-        json.dumps(loaded.data.model_dump(mode="json")["datasets"], indent=2)
+        json.dumps(plan.data.model_dump(mode="json")["datasets"], indent=2)
     )
 
 
@@ -107,7 +110,7 @@ def _print_outputs(result: dict[str, Any], output_dir: Path) -> None:
 def cmd_cache(args: argparse.Namespace, extra: list[str]) -> int:
     from cinetune.training.trainer import Trainer
 
-    trainer = Trainer(_load(args, extra))
+    trainer = Trainer(_plan(args, extra))
     trainer.cfg.output_dir.mkdir(parents=True, exist_ok=True)
     trainer.scan()
     index = trainer.cache()
@@ -121,14 +124,12 @@ def cmd_cache(args: argparse.Namespace, extra: list[str]) -> int:
 def cmd_check(args: argparse.Namespace, extra: list[str]) -> int:
     from cinetune.check import check_report
 
-    loaded = _load(args, extra)
-    report, ok = check_report(loaded)
-    console.print(report)
-    return 0 if ok else 2
+    check_report(_plan(args, extra), console.print)
+    return 0
 
 
 def cmd_export(args: argparse.Namespace, extra: list[str]) -> int:
-    from cinetune.export.lora import DIFFUSERS_FILE
+    from cinetune.export.lora import DIFFUSERS_FILE, check_lora_file
     from cinetune.models.registry import family_class
 
     if extra:
@@ -144,7 +145,9 @@ def cmd_export(args: argparse.Namespace, extra: list[str]) -> int:
     if family_name is None:
         raise ConfigError(f"export: {snapshot} not found; pass --model_family")
     if args.format == "diffusers":
-        console.print(f"diffusers LoRA: {output_dir / DIFFUSERS_FILE}")
+        path = output_dir / DIFFUSERS_FILE
+        count = check_lora_file(path)
+        console.print(f"diffusers LoRA: {path} ({count} LoRA tensors)")
         return 0
     path = family_class(family_name).export_comfyui(output_dir)
     console.print(f"ComfyUI LoRA written: {path}")
@@ -161,8 +164,9 @@ def cmd_demo(args: argparse.Namespace, extra: list[str]) -> int:
 
 def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
     from cinetune.benchmark import bench_audio_datasets, format_result, run_bench, write_json
-    from cinetune.config import parse_overrides
+    from cinetune.config import LoadedConfig, parse_overrides
     from cinetune.config.load import build_data_config, build_train_config, read_file
+    from cinetune.plan import resolve
 
     raw: dict[str, Any] = {}
     path = _config_path(args.config)
@@ -186,8 +190,9 @@ def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
         backend = Path(train.data_backend_config)
         if backend.is_file():
             data = build_data_config(read_file(backend), where=str(backend))
+    plan = resolve(LoadedConfig(train=train, data=data, config_path=path if from_file else None))
     result = run_bench(
-        train, (width, height), args.frames, args.batch, args.steps, args.warmup, args.peak_tflops, data
+        plan, (width, height), args.frames, args.batch, args.steps, args.warmup, args.peak_tflops
     )
     console.print(format_result(result), highlight=False)
     if args.json:

@@ -10,6 +10,7 @@ import numpy as np
 
 from cinetune.config import load_config, parse_overrides
 from cinetune.data import write_video
+from cinetune.plan import resolve
 
 _SUBJECTS = [
     ("red", (220, 40, 40)),
@@ -112,5 +113,4 @@ def run_demo(root: Path, overrides: list[str] | None = None) -> dict[str, Any]:
 
     data_dir = write_demo_dataset(root / "data")
     config_path = write_demo_configs(root, data_dir)
-    loaded = load_config(config_path, parse_overrides(overrides or []))
-    return Trainer(loaded).run()
+    return Trainer(resolve(load_config(config_path, parse_overrides(overrides or [])))).run()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -13,7 +13,7 @@ CaptionStrategy = Literal["textfile", "filename", "instanceprompt", "jsonl", "cs
 class VideoOptions(BaseModel):
     """The `video` block of a video dataset."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     num_frames: int = Field(
         49, ge=1, description="Frames per training sample (adjusted down to the model's frame rule)."
@@ -71,7 +71,7 @@ class AudioOptions(BaseModel):
     """The `audio` block of a video dataset: train the clips' sound too (families with audio, e.g.
     ltxvideo2)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     auto_split: bool = Field(
         True,
@@ -101,7 +101,7 @@ class AudioOptions(BaseModel):
 class DatasetConfig(BaseModel):
     """One entry of `multidatabackend.json`."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: str = Field(..., min_length=1, description="Unique name of this dataset.")
     type: Literal["local"] = Field(
@@ -172,6 +172,32 @@ class DatasetConfig(BaseModel):
     def _one_or_many(cls, value: object) -> object:
         return [value] if isinstance(value, str) else value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _implied_blocks(cls, data: Any) -> Any:
+        """Blocks other keys imply, filled in before validation (the model is frozen after): a video dataset
+        always has a `video` block; s2v_datasets implies an `audio` block with auto_split false."""
+        if not isinstance(data, dict) or data.get("disabled"):
+            return data
+        data = dict(data)
+        if data.get("dataset_type", "video") != "video":
+            return data
+        if data.get("video") is None:
+            data["video"] = {}
+        if data.get("s2v_datasets"):
+            audio = data.get("audio")
+            if isinstance(audio, BaseModel):
+                audio = audio.model_dump(exclude_unset=True)
+            audio = dict(audio or {})
+            if audio.get("auto_split") in (True, "true"):
+                raise ValueError(
+                    f"dataset '{data.get('id')}': audio.auto_split true takes the audio from each clip's "
+                    "own file, s2v_datasets from a separate audio dataset: set auto_split false (or remove "
+                    "it) to use s2v_datasets, or remove s2v_datasets"
+                )
+            data["audio"] = {**audio, "auto_split": False}
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> DatasetConfig:
         if self.disabled:
@@ -189,8 +215,6 @@ class DatasetConfig(BaseModel):
             raise ValueError(
                 f"dataset '{self.id}': crop=false is not supported yet; clips are center-cropped"
             )
-        if self.dataset_type == "video" and self.video is None:
-            self.video = VideoOptions()
         if self.audio is not None and self.dataset_type != "video":
             raise ValueError(f"dataset '{self.id}': an `audio` block needs dataset_type 'video'")
         self._check_audio_source()
@@ -205,16 +229,6 @@ class DatasetConfig(BaseModel):
                 raise ValueError(f"dataset '{self.id}': s2v_datasets needs dataset_type 'video'")
             if not self.s2v_datasets:
                 raise ValueError(f"dataset '{self.id}': s2v_datasets is empty; name an audio dataset's id")
-            if self.audio is None:
-                self.audio = AudioOptions(auto_split=False)
-            elif self.audio.auto_split and "auto_split" in self.audio.model_fields_set:
-                raise ValueError(
-                    f"dataset '{self.id}': audio.auto_split true takes the audio from each clip's own file, "
-                    "s2v_datasets from a separate audio dataset: set auto_split false (or remove it) to use "
-                    "s2v_datasets, or remove s2v_datasets"
-                )
-            else:
-                self.audio.auto_split = False
         elif self.audio is not None and not self.audio.auto_split:
             raise ValueError(
                 f"dataset '{self.id}': audio.auto_split false takes the audio from a separate audio dataset: "
@@ -254,7 +268,7 @@ class DatasetConfig(BaseModel):
 class DataBackendConfig(BaseModel):
     """The whole `multidatabackend.json` file."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     datasets: list[DatasetConfig]
 

@@ -42,13 +42,42 @@ NOT_SUPPORTED_YET: dict[str, str] = {
     "lycoris_config": "LyCORIS",
     "controlnet": "ControlNet",
     "conditioning_data": "conditioning datasets",
+    "vae_enable_temporal_roll": "VAE temporal roll",
+    "vae_enable_slicing": "VAE slicing",
+    "vae_batch_size": "batched VAE caching",
+    "musubi_block_swap_device": "block swap",
+    "text_encoder_2_precision": "text-encoder quantization",
+    "use_dora": "DoRA",
+    "ramtorch": "RamTorch offload",
+}
+# Key families of features not built yet, by prefix (crepa_lambda, scheduled_sampling_probability, ...).
+NOT_SUPPORTED_PREFIXES: dict[str, str] = {
+    "crepa_": "CREPA",
+    "scheduled_sampling_": "scheduled sampling",
+    "ema_": "EMA",
+    "fsdp_": "FSDP2 sharding",
+    "group_offload_": "group offload",
+    "tread_": "TREAD token routing",
+}
+# Values the quickstarts use for features not built yet: key -> {value prefix/suffix test, what it is}.
+_NOT_SUPPORTED_VALUES: dict[str, tuple[tuple[str, ...], str]] = {
+    "base_model_precision": (("-quanto", "-torchao", "-bnb"), "quantized base model weights"),
+    "lora_type": (("lycoris",), "LyCORIS adapters (LoKr / LoHa)"),
+}
+# Older and newer spellings of the same key (SimpleTuner renamed these): alias -> key.
+KEY_ALIASES: dict[str, str] = {
+    "validation_step_interval": "validation_steps",
+    "checkpoint_step_interval": "checkpointing_steps",
 }
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoadedConfig:
+    """The two files as read and validated, before any family rule is applied (`plan.resolve` does that).
+    `data` is None for `cinetune bench`, which reads no dataset."""
+
     train: TrainConfig
-    data: DataBackendConfig
+    data: DataBackendConfig | None
     config_path: Path | None
 
 
@@ -101,16 +130,47 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
     return out
 
 
+def _apply_aliases(raw: dict[str, Any], where: str) -> dict[str, Any]:
+    out = dict(raw)
+    for alias, key in KEY_ALIASES.items():
+        if alias not in out:
+            continue
+        value = out.pop(alias)
+        if key in out and out[key] != value:
+            raise ConfigError(
+                f"{where}: '{alias}' and '{key}' are the same setting with different values "
+                f"({value!r} and {out[key]!r}); keep one"
+            )
+        out[key] = value
+    return out
+
+
+def _not_supported(key: str, value: Any) -> str | None:
+    """What a key (or its value) asks for when that feature is not built yet, else None."""
+    if key in NOT_SUPPORTED_YET:
+        return NOT_SUPPORTED_YET[key]
+    prefix = next((p for p in NOT_SUPPORTED_PREFIXES if key.startswith(p)), None)
+    if prefix is not None:
+        return NOT_SUPPORTED_PREFIXES[prefix]
+    if key in _NOT_SUPPORTED_VALUES and isinstance(value, str):
+        markers, what = _NOT_SUPPORTED_VALUES[key]
+        if any(value == m or value.endswith(m) for m in markers):
+            return what
+    return None
+
+
 def _check_keys(raw: dict[str, Any], model: type[BaseModel], where: str) -> None:
     valid = list(model.model_fields)
-    for key in raw:
+    for key, value in raw.items():
+        feature = _not_supported(key, value)
+        if feature is not None:
+            shown = f"'{key}'" if key not in valid else f"{key}={value!r}"
+            raise NotSupportedYet(
+                f"{where}: {shown} ({feature}) is not supported yet; "
+                + ("remove the key to train without it" if key not in valid else "use another value")
+            )
         if key in valid:
             continue
-        if key in NOT_SUPPORTED_YET:
-            raise NotSupportedYet(
-                f"{where}: '{key}' ({NOT_SUPPORTED_YET[key]}) is not supported yet; "
-                "remove the key to train without it"
-            )
         close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise ConfigError(f"{where}: unknown key '{key}'{hint}")
@@ -128,7 +188,7 @@ def _format_validation(exc: ValidationError, where: str) -> str:
 
 
 def build_train_config(raw: dict[str, Any], where: str = "config") -> TrainConfig:
-    raw = _strip_dashes(raw)
+    raw = _apply_aliases(_strip_dashes(raw), where)
     _check_keys(raw, TrainConfig, where)
     try:
         return TrainConfig.model_validate(raw)
@@ -176,19 +236,4 @@ def load_config(
     if not backend_path.is_absolute():
         backend_path = base / backend_path
     data_cfg = build_data_config(read_file(backend_path), where=str(train.data_backend_config))
-    _check_audio_support(train, data_cfg)
     return LoadedConfig(train=train, data=data_cfg, config_path=config_path)
-
-
-def _check_audio_support(train: TrainConfig, data: DataBackendConfig) -> None:
-    """An `audio` block asks for audio training: only families that build it accept one."""
-    with_audio = [d.id for d in data.media if d.audio is not None]
-    if not with_audio:
-        return
-    from cinetune.models.registry import family_class  # models import torch/diffusers: only when needed
-
-    if not family_class(train.model_family).supports_audio:
-        raise NotSupportedYet(
-            f"dataset '{with_audio[0]}': 'audio' / s2v_datasets (audio training) is not supported yet for "
-            f"model_family '{train.model_family}'; remove them to train on video only"
-        )

@@ -27,12 +27,17 @@ def parse_resolutions(value: str) -> list[tuple[int, int]]:
 
 
 class TrainConfig(BaseModel):
-    """One training run. Every key can also be given on the command line as --key=value."""
+    """One training run. Every key can also be given on the command line as --key=value.
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    Frozen: `plan.resolve` fills the defaults a family decides into a copy; nothing changes a config after.
+    """
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), frozen=True)
 
     # model
-    model_family: str = Field(..., description="Model family: ltxvideo (LTX-Video 0.9.x).")
+    model_family: str = Field(
+        ..., description="Model family: ltxvideo (LTX-Video 0.9.x), ltxvideo2 (LTX-2), kandinsky5-video."
+    )
     model_flavour: str | None = Field(
         None, description="Release of the family (see `cinetune check`); default per family."
     )
@@ -124,15 +129,25 @@ class TrainConfig(BaseModel):
     )
     # checkpoints
     checkpointing_steps: int | None = Field(
-        None, ge=1, description="Save a resumable checkpoint every N steps."
+        None,
+        ge=1,
+        description="Save a resumable checkpoint every N steps (also spelled checkpoint_step_interval).",
     )
     checkpoints_total_limit: int | None = Field(None, ge=1, description="Keep at most this many checkpoints.")
     resume_from_checkpoint: str | None = Field(
         None, description="'latest' or a checkpoint folder; resumes the run exactly where it stopped."
     )
     # validation
-    validation_steps: int | None = Field(None, ge=1, description="Generate validation videos every N steps.")
-    validation_prompt: str | None = Field(None, description="Prompt of the validation videos.")
+    validation_steps: int | None = Field(
+        None,
+        ge=1,
+        description="Generate validation videos every N steps (also spelled validation_step_interval).",
+    )
+    validation_prompt: str | None = Field(
+        None,
+        description="Prompt of the validation videos. Unset with validation_steps set: the first caption of "
+        "the first training sample (logged), so a quickstart without a prompt still validates.",
+    )
     validation_negative_prompt: str = Field(
         "", description="Negative prompt for validation (with guidance > 1)."
     )
@@ -182,7 +197,11 @@ class TrainConfig(BaseModel):
         "memory, latents differ slightly). Families with a tiling VAE only.",
     )
     offload_during_startup: bool = Field(
-        False, description="Keep only one of text encoder / VAE on the device while caching; free both after."
+        False,
+        description="The models validation decodes with (the VAE; LTX-2 also its audio VAE and vocoder) wait "
+        "on the CPU between validations and visit the device only while they decode. Caching never holds the "
+        "text encoder and the VAE on the device together, with or without this key: the text encoder is "
+        "freed before the VAE loads.",
     )
     attention_backend: str = Field(
         "native",
@@ -196,27 +215,19 @@ class TrainConfig(BaseModel):
     cpu: bool = Field(False, description="Train on CPU even when a GPU is present (tests, demos).")
     max_sequence_length: int | None = Field(None, ge=1, description="Text tokens. Default: the family's.")
 
-    @field_validator("attention_backend")
-    @classmethod
-    def _backend_known(cls, value: str) -> str:
-        from cinetune.training.speed import check_attention_backend
-
-        return check_attention_backend(value)
-
     @field_validator("validation_resolution")
     @classmethod
     def _resolutions_parse(cls, value: str) -> str:
         parse_resolutions(value)
         return value
 
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _fp32_is_no(cls, value: object) -> object:
+        return "no" if value == "fp32" else value
+
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
-        if self.validation_steps and not (self.validation_prompt or self.validation_prompt_library):
-            raise ValueError(
-                "validation_steps is set but there is no validation_prompt or validation_prompt_library"
-            )
-        if self.mixed_precision == "fp32":
-            self.mixed_precision = "no"
         if self.gradient_checkpointing_interval > 1 and not self.gradient_checkpointing:
             raise ValueError(
                 "gradient_checkpointing_interval has no effect without gradient_checkpointing: "

@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass
 
 from cinetune.config.dataset import DatasetConfig
-from cinetune.models.base import FrameRule
+from cinetune.data.frames import FrameRule
 
 
 @dataclass(frozen=True, order=True)

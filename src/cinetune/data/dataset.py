@@ -16,6 +16,7 @@ import torch
 from cinetune.config.dataset import DatasetConfig
 from cinetune.data.buckets import Bucket, choose_bucket, min_frames_needed, target_frames
 from cinetune.data.captions import captions_for
+from cinetune.data.frames import FrameRule
 from cinetune.data.report import SkipReport
 from cinetune.data.s2v import AudioLinks, AudioSource, clip_audio
 from cinetune.data.video_io import (
@@ -30,7 +31,6 @@ from cinetune.data.video_io import (
     resampled_length,
 )
 from cinetune.errors import DataError
-from cinetune.models.base import FrameRule
 
 logger = logging.getLogger(__name__)
 

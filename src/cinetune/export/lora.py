@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 from peft import get_peft_model_state_dict
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from cinetune.errors import ConfigError
@@ -45,10 +45,7 @@ def save_diffusers_lora(
 
 def read_lora(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Tensors and the adapter config (rank, alpha) stored in a diffusers LoRA file."""
-    if not path.exists():
-        raise ConfigError(
-            f"no LoRA file at {path}: train first, or pass the folder that holds {DIFFUSERS_FILE}"
-        )
+    check_lora_file(path)
     with safe_open(str(path), framework="pt") as handle:
         tensors = {k: handle.get_tensor(k) for k in handle.keys()}
         metadata = handle.metadata() or {}
@@ -62,6 +59,27 @@ def read_lora(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
                 if k.startswith("transformer.")
             }
     return tensors, config
+
+
+def check_lora_file(path: Path) -> int:
+    """The number of LoRA tensors in a diffusers LoRA file; a ConfigError when it is missing, not a
+    safetensors file (truncated, damaged), holds no LoRA weights, or holds non-finite values."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"no LoRA file at {path}: train first, or pass the folder that holds {DIFFUSERS_FILE}"
+        )
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            keys = [k for k in handle.keys() if ".lora_A." in k or ".lora_B." in k]
+            bad = [k for k in keys if not torch.isfinite(handle.get_tensor(k)).all()]
+    except (OSError, RuntimeError, ValueError, SafetensorError) as exc:
+        raise ConfigError(f"{path} is not a readable safetensors file ({exc}): damaged or truncated") from exc
+    if not keys:
+        raise ConfigError(f"{path} holds no LoRA weights (no lora_A / lora_B tensors)")
+    if bad:
+        raise ConfigError(f"{path} holds non-finite LoRA weights (e.g. {bad[0]})")
+    return len(keys)
 
 
 def to_comfyui(tensors: dict[str, torch.Tensor], alpha: float | None, renames: dict[str, str]) -> dict:

@@ -17,9 +17,22 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from cinetune.data.frames import FrameRule
 from cinetune.objectives import ModelInputs, sample_latents, sample_sigmas
 
 logger = logging.getLogger(__name__)
+
+
+def random_module(cls: type, config: dict[str, Any], dtype: torch.dtype, device: torch.device) -> Any:
+    """A diffusers model of `config` with random weights, allocated and initialised directly on `device` in
+    `dtype` (what `cinetune bench` trains; speed and memory do not depend on the values)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype if dtype.is_floating_point else torch.float32)
+    try:
+        with torch.device(device):
+            return cls.from_config(config)
+    finally:
+        torch.set_default_dtype(previous)
 
 
 def keeps_global_rng(build: Callable[..., Any]) -> Callable[..., Any]:
@@ -32,41 +45,6 @@ def keeps_global_rng(build: Callable[..., Any]) -> Callable[..., Any]:
             return build(*args, **kwargs)
 
     return wrapper
-
-
-@dataclass(frozen=True)
-class FrameRule:
-    """Valid sample shapes: frames = temporal_multiple * k + 1, sides multiples of spatial_multiple."""
-
-    temporal_multiple: int
-    spatial_multiple: int
-    reason: str = ""  # why the rule holds, added to the adjustment warning
-
-    def frames_down(self, num_frames: int) -> int:
-        """Largest valid frame count <= num_frames (at least 1)."""
-        if num_frames < 1:
-            return 1
-        return (num_frames - 1) // self.temporal_multiple * self.temporal_multiple + 1
-
-    def is_valid_frames(self, num_frames: int) -> bool:
-        return num_frames >= 1 and (num_frames - 1) % self.temporal_multiple == 0
-
-    def side_down(self, pixels: int) -> int:
-        return max(self.spatial_multiple, pixels // self.spatial_multiple * self.spatial_multiple)
-
-    def adjust_frames(self, num_frames: int, what: str) -> int:
-        """Adjust a requested frame count down to the rule, warning with the reason."""
-        fixed = self.frames_down(num_frames)
-        if fixed != num_frames:
-            logger.warning(
-                "%s=%d breaks the frame rule (frames = %dk+1); using %d%s",
-                what,
-                num_frames,
-                self.temporal_multiple,
-                fixed,
-                f": {self.reason}" if self.reason else "",
-            )
-        return fixed
 
 
 @dataclass

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -18,33 +17,11 @@ from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
 from cinetune.errors import ConfigError
+from cinetune.plan import list_checkpoints
 from cinetune.training.state import TrainState, load_rng_state, rng_state
 
 logger = logging.getLogger(__name__)
-_NAME = re.compile(r"^checkpoint-(\d+)$")
 LORA_FILE = "lora.safetensors"
-
-
-def list_checkpoints(output_dir: Path) -> list[Path]:
-    found = [p for p in Path(output_dir).glob("checkpoint-*") if p.is_dir() and _NAME.match(p.name)]
-    return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))
-
-
-def resolve_checkpoint(output_dir: Path, spec: str | None) -> Path | None:
-    """'latest' -> newest complete checkpoint (None if there is none yet); a path -> that folder."""
-    if not spec:
-        return None
-    if spec == "latest":
-        found = list_checkpoints(output_dir)
-        return found[-1] if found else None
-    path = Path(spec)
-    if not path.is_absolute() and not path.exists():
-        path = Path(output_dir) / spec
-    if not (path / "state.json").exists():
-        raise ConfigError(
-            f"resume_from_checkpoint: '{spec}' is not a checkpoint folder (no state.json in {path})"
-        )
-    return path
 
 
 class Checkpointer:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -45,6 +46,36 @@ def epoch_batches(
     batches = [batches[j] for j in order]
     per_rank = len(batches) // world_size
     return batches[rank * per_rank : (rank + 1) * per_rank]
+
+
+def plan_epoch(
+    samples: list[Any],
+    repeats: dict[str, int],
+    batch_size: int,
+    accumulation: int,
+    seed: int,
+    process_index: int,
+    world_size: int,
+) -> tuple[list[Item], int]:
+    """Epoch items (each sample repeats + 1 times, grouped by bucket and frame rate) and optimizer steps per
+    epoch; a DataError when no batch, or too few batches for one accumulation group, can be formed. Called
+    right after the scan, before anything is cached, and by `cinetune check`."""
+    items = [
+        Item(i, f"{s.bucket.key}@{s.frame_rate:g}fps")
+        for i, s in enumerate(samples)
+        for _ in range(repeats[s.dataset_id] + 1)
+    ]
+    check_batchable(items, batch_size, world_size)
+    batches = len(epoch_batches(items, batch_size, seed, 0, process_index, world_size))
+    if batches < accumulation:
+        from cinetune.errors import DataError
+
+        raise DataError(
+            f"an epoch has {batches} batch(es) per process but gradient_accumulation_steps is "
+            f"{accumulation}: lower gradient_accumulation_steps or train_batch_size, raise the dataset's "
+            "repeats, or add clips"
+        )
+    return items, batches // accumulation
 
 
 def check_batchable(items: list[Item], batch_size: int, world_size: int) -> None:

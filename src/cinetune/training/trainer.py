@@ -19,16 +19,15 @@ from peft import LoraConfig, set_peft_model_state_dict
 from safetensors.torch import load_file
 
 from cinetune.cache.builder import CacheBuilder, CacheIndex
-from cinetune.config import LoadedConfig
 from cinetune.data import SkipReport, scan_datasets
-from cinetune.errors import ConfigError, DataError
+from cinetune.errors import ConfigError
 from cinetune.export.lora import COMFYUI_FILE, save_diffusers_lora
-from cinetune.models.registry import build_family
+from cinetune.plan import RunPlan, resolve_checkpoint
 from cinetune.training.batches import Batch, load_batch
-from cinetune.training.checkpoint import Checkpointer, resolve_checkpoint
+from cinetune.training.checkpoint import Checkpointer
 from cinetune.training.metrics import MetricsLog, make_progress
 from cinetune.training.optim import build_optimizer, build_scheduler
-from cinetune.training.sampler import Item, check_batchable, epoch_batches
+from cinetune.training.sampler import epoch_batches, plan_epoch
 from cinetune.training.speed import (
     apply_attention_backend,
     apply_gradient_checkpointing,
@@ -36,7 +35,7 @@ from cinetune.training.speed import (
 )
 from cinetune.training.state import TrainState
 from cinetune.training.step import training_loss
-from cinetune.training.validation import Validator, condition_images, training_media, validation_prompts
+from cinetune.training.validation import Validator, condition_images
 
 logger = logging.getLogger(__name__)
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": torch.float32, "fp32": torch.float32}
@@ -45,11 +44,6 @@ _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": torch.float32, "
 def make_accelerator(cfg: Any) -> Accelerator:
     use_cpu = cfg.cpu or not torch.cuda.is_available()
     trackers = None if cfg.report_to == "none" else cfg.report_to
-    if trackers == "wandb":
-        try:
-            import wandb  # noqa: F401
-        except ImportError as exc:
-            raise ConfigError("report_to: 'wandb' needs the wandb package (pip install wandb)") from exc
     mixed = cfg.mixed_precision if not (use_cpu and cfg.mixed_precision == "fp16") else "no"
     if mixed != cfg.mixed_precision:
         logger.warning("fp16 mixed precision needs a GPU; training in fp32 on the CPU")
@@ -70,18 +64,14 @@ def make_accelerator(cfg: Any) -> Accelerator:
 
 
 class Trainer:
-    def __init__(self, loaded: LoadedConfig, accelerator: Accelerator | None = None) -> None:
-        self.cfg = loaded.train
-        self.data_cfg = loaded.data
+    """Runs a resolved plan (`cinetune.plan.resolve`): the config it reads has every default filled in."""
+
+    def __init__(self, plan: RunPlan, accelerator: Accelerator | None = None) -> None:
+        self.plan = plan
+        self.cfg = plan.train
+        self.data_cfg = plan.data  # None for `cinetune bench`: no dataset
+        self.family = plan.family
         self.acc = accelerator or make_accelerator(self.cfg)
-        self.family = build_family(
-            self.cfg.model_family, self.cfg.model_flavour, self.cfg.pretrained_model_name_or_path
-        )
-        self.cfg = self.cfg.model_copy(update=self.family.configure(self.cfg))
-        if self.data_cfg is not None:  # None for `cinetune bench`: no dataset
-            self.family.configure_datasets(self.data_cfg)
-        if self.cfg.vae_latent_sampling is None:
-            self.cfg.vae_latent_sampling = self.family.default_vae_latent_sampling
         self.device = self.acc.device
         self.dtype = _DTYPES[self.acc.mixed_precision]
         self.weight_dtype = (
@@ -94,7 +84,8 @@ class Trainer:
         self.state = TrainState(
             generator=torch.Generator().manual_seed(self.cfg.seed + 7919 * self.acc.process_index)
         )
-        self.max_sequence_length = self.cfg.max_sequence_length or self.family.default_max_sequence_length
+        self.max_sequence_length = self.cfg.max_sequence_length
+        self.prompts: dict[str, str] = dict(plan.validation_prompts)
 
     # ---- phases --------------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -107,9 +98,8 @@ class Trainer:
         return self.export()
 
     def scan(self) -> None:
-        media = training_media(self.cfg, self.data_cfg.media)
         self.samples = scan_datasets(
-            media,
+            self.plan.training_media,
             self.family.frame_rule,
             self.cfg.frame_rate,
             self.cfg.seed,
@@ -120,6 +110,20 @@ class Trainer:
             self.report.save(self.output_dir)
             if len(self.report):
                 logger.warning("skipped %d file(s):\n%s", len(self.report), self.report.summary())
+        cfg = self.cfg
+        self.items, self.steps_per_epoch = plan_epoch(
+            self.samples,
+            {d.id: d.repeats for d in self.plan.media},
+            cfg.train_batch_size,
+            cfg.gradient_accumulation_steps,
+            cfg.seed,
+            self.acc.process_index,
+            self.acc.num_processes,
+        )
+        first = self.samples[0] if self.samples else None
+        self.prompts = self.plan.prompts_for(first.captions[0] if first else None)
+        if self.plan.prompt_from_first_sample and first is not None:
+            logger.info("validation prompt (the first caption of %s): %s", first.path, first.captions[0])
 
     def cache_roots(self) -> tuple[Path, dict[str, Path]]:
         embeds = self.data_cfg.text_embeds
@@ -141,7 +145,7 @@ class Trainer:
             max_sequence_length=self.max_sequence_length,
             text_batch_size=embeds.write_batch_size if embeds else 16,
         )
-        extra = set(validation_prompts(self.cfg).values()) | {self.cfg.validation_negative_prompt}
+        extra = set(self.prompts.values()) | {self.cfg.validation_negative_prompt}
         # The main process builds what is missing; the others then find every entry on disk.
         with self.acc.main_process_first():
             self.index = builder.build(self.samples, extra)
@@ -149,24 +153,6 @@ class Trainer:
 
     def prepare(self) -> None:
         cfg = self.cfg
-        self.items = [
-            Item(i, f"{s.bucket.key}@{s.frame_rate:g}fps")
-            for i, s in enumerate(self.samples)
-            for _ in range(self._repeats(s.dataset_id) + 1)
-        ]
-        check_batchable(self.items, cfg.train_batch_size, self.acc.num_processes)
-        batches = len(
-            epoch_batches(
-                self.items, cfg.train_batch_size, cfg.seed, 0, self.acc.process_index, self.acc.num_processes
-            )
-        )
-        if batches < cfg.gradient_accumulation_steps:
-            raise DataError(
-                f"an epoch has {batches} batch(es) per process but gradient_accumulation_steps is "
-                f"{cfg.gradient_accumulation_steps}: lower gradient_accumulation_steps or train_batch_size, "
-                "raise the dataset's repeats, or add clips"
-            )
-        self.steps_per_epoch = batches // cfg.gradient_accumulation_steps
         self.total_steps = cfg.max_train_steps or cfg.num_train_epochs * self.steps_per_epoch
         self.setup_model(self.family.load_transformer(self.weight_dtype), self.total_steps)
         self.checkpointer = Checkpointer(self.output_dir, cfg.checkpoints_total_limit, self.acc)
@@ -182,7 +168,7 @@ class Trainer:
                 init_kwargs={"wandb": {"name": run}} if run and cfg.report_to == "wandb" else {},
             )
         # Last, so that nothing after it (loading the validation VAE...) consumes the restored RNG states.
-        resume = resolve_checkpoint(self.output_dir, cfg.resume_from_checkpoint)
+        resume = resolve_checkpoint(self.output_dir, cfg.resume_from_checkpoint)  # newest at this moment
         if resume is not None:
             self.checkpointer.load(
                 resume, self.acc.unwrap_model(self.model), self.optimizer, self.scheduler, self.state
@@ -195,10 +181,10 @@ class Trainer:
         """
         cfg = self.cfg
         transformer.requires_grad_(False)
-        targets = cfg.lora_target_modules or self.family.lora_targets()
+        targets = cfg.lora_target_modules
         self.lora_config = LoraConfig(
             r=cfg.lora_rank,
-            lora_alpha=cfg.effective_lora_alpha,
+            lora_alpha=cfg.lora_alpha,
             target_modules=targets,
             lora_dropout=cfg.lora_dropout,
             init_lora_weights=_peft_init(cfg.lora_init_type),
@@ -223,25 +209,23 @@ class Trainer:
         self.model, self.optimizer = self.acc.prepare(transformer, optimizer)
         self.params = params
 
-    def _repeats(self, dataset_id: str) -> int:
-        return next(d.repeats for d in self.data_cfg.media if d.id == dataset_id)
-
     def _make_validator(self) -> Validator | None:
         cfg = self.cfg
-        if cfg.disable_validation or not validation_prompts(cfg) or not self.acc.is_main_process:
+        if cfg.disable_validation or not self.prompts or not self.acc.is_main_process:
             return None
         vae = self.family.load_vae(self.weight_dtype).requires_grad_(False).eval()
         vae.to("cpu" if cfg.offload_during_startup else self.device)
         return Validator(
             self.family,
             cfg,
+            self.prompts,
             self.index,
             vae,
             self.family.load_scheduler(),
             self.device,
             self.dtype,
             offload_vae=cfg.offload_during_startup,
-            condition_images=condition_images(self.family, cfg, self.data_cfg.media, self.samples),
+            condition_images=condition_images(self.family, cfg, self.plan.media, self.samples),
             frame_rate=self._training_frame_rate(),
         )
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
@@ -18,38 +16,6 @@ from cinetune.errors import ConfigError
 from cinetune.models.base import ModelFamily
 
 logger = logging.getLogger(__name__)
-
-
-def validation_prompts(cfg: TrainConfig) -> dict[str, str]:
-    """name -> prompt, from validation_prompt and validation_prompt_library (a JSON file or an object)."""
-    prompts: dict[str, str] = {}
-    if cfg.validation_prompt:
-        prompts["validation"] = cfg.validation_prompt
-    library = cfg.validation_prompt_library
-    if isinstance(library, Path):
-        if not library.exists():
-            raise ConfigError(f"validation_prompt_library: file not found: {library}")
-        try:
-            library = json.loads(library.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"validation_prompt_library: {library} is not valid JSON: {exc}") from exc
-        if not isinstance(library, dict):
-            raise ConfigError("validation_prompt_library: expected a JSON object of name: prompt")
-    for name, prompt in (library or {}).items():
-        prompts[re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name))] = str(prompt)
-    return prompts
-
-
-def training_media(cfg: TrainConfig, media: list[DatasetConfig]) -> list[DatasetConfig]:
-    """The datasets to train on: all enabled ones but the eval dataset (eval_dataset_id, which must exist)."""
-    if cfg.eval_dataset_id is None:
-        return media
-    if cfg.eval_dataset_id not in {d.id for d in media}:
-        raise ConfigError(
-            f"eval_dataset_id '{cfg.eval_dataset_id}' is not an enabled video or image dataset "
-            f"(have: {', '.join(d.id for d in media)})"
-        )
-    return [d for d in media if d.id != cfg.eval_dataset_id]
 
 
 def condition_images(
@@ -87,6 +53,7 @@ class Validator:
         self,
         family: ModelFamily,
         cfg: TrainConfig,
+        prompts: dict[str, str],
         cache: CacheIndex,
         vae: torch.nn.Module,
         scheduler: Any,
@@ -101,7 +68,7 @@ class Validator:
         self.condition_images = condition_images
         self.vae, self.scheduler = vae, scheduler
         self.device, self.dtype, self.offload_vae = device, dtype, offload_vae
-        self.prompts = validation_prompts(cfg)
+        self.prompts = prompts
         rule = family.frame_rule
         self.num_frames = rule.adjust_frames(cfg.validation_num_video_frames, "validation_num_video_frames")
         self.sizes = []
@@ -130,7 +97,7 @@ class Validator:
         pipe.set_progress_bar_config(disable=True)
         negative = self.cache.text_embeds(self.cfg.validation_negative_prompt)
         written = []
-        seed = self.cfg.validation_seed if self.cfg.validation_seed is not None else self.cfg.seed
+        seed = self.cfg.validation_seed
         for number, (name, prompt) in enumerate(self.prompts.items()):
             positive = self.cache.text_embeds(prompt)
             # Only image-to-video families take (and get) a conditioning image; prompt k uses image k mod n.

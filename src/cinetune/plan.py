@@ -1,0 +1,213 @@
+"""`resolve(loaded) -> RunPlan`: the one place a config meets its model family.
+
+`cinetune check`, `cache`, `train`, `bench` (and the web UI) all go through `resolve`, so they accept and
+reject exactly the same configs with the same messages. Resolution builds the family and lets it read the
+run's options (`configure`, `configure_datasets`), applies every rule that involves more than one key or a
+family, checks the files a config names, and fills the defaults a family decides (text length, LoRA targets,
+latent sampling, attention backend...) into a frozen copy of the config. Nothing changes the config after
+this; `cinetune_config.json` in the output folder is that resolved copy.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from cinetune.config import DataBackendConfig, DatasetConfig, LoadedConfig, TrainConfig
+from cinetune.errors import ConfigError
+from cinetune.models.base import Flavour, ModelFamily
+from cinetune.models.registry import build_family
+
+logger = logging.getLogger(__name__)
+_CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A resolved run: the config with every default filled in, its datasets, and the configured family."""
+
+    train: TrainConfig
+    data: DataBackendConfig | None  # None for `cinetune bench`, which reads no dataset
+    family: ModelFamily
+    flavour: Flavour
+    config_path: Path | None
+    validation_prompts: Mapping[str, str]  # name -> prompt, from validation_prompt and the prompt library
+    prompt_from_first_sample: bool  # validation_steps without a prompt: the first sample's caption
+    warnings: tuple[str, ...]  # what resolution warned about (also logged)
+
+    @property
+    def media(self) -> list[DatasetConfig]:
+        """Every enabled video and image dataset (the eval dataset too)."""
+        return self.data.media if self.data is not None else []
+
+    @property
+    def training_media(self) -> list[DatasetConfig]:
+        """The datasets trained on: all enabled media datasets but the eval dataset."""
+        return [d for d in self.media if d.id != self.train.eval_dataset_id]
+
+    def prompts_for(self, first_caption: str | None) -> dict[str, str]:
+        """The run's validation prompts; `first_caption` (the first training sample's first caption) stands in
+        for validation_prompt when the config sets validation_steps without one."""
+        prompts = dict(self.validation_prompts)
+        if self.prompt_from_first_sample and first_caption is not None:
+            prompts["validation"] = first_caption
+        return prompts
+
+
+def resolve(loaded: LoadedConfig) -> RunPlan:
+    """Build, configure and check everything a run needs short of weights and clips; fill the defaults."""
+    with _collected_warnings() as warnings:
+        train, data = loaded.train, loaded.data
+        _check_attention_backend(train.attention_backend)
+        family = build_family(train.model_family, train.model_flavour, train.pretrained_model_name_or_path)
+        flavour = family.flavours[family.loader.flavour]
+        resolved: dict[str, Any] = dict(family.configure(train))
+        if data is not None:
+            _check_datasets(train, data, family)
+            family.configure_datasets(data)
+        _check_files(train)
+        prompts = _validation_prompts(train)
+        from_first = bool(train.validation_steps) and not prompts and not train.disable_validation
+        if from_first:
+            logger.info(
+                "validation_steps is set without validation_prompt: validating with the first caption of the "
+                "first training sample"
+            )
+        resolved.update(_defaults(train, family, resolved))
+        train = train.model_copy(update=resolved)
+    return RunPlan(
+        train=train,
+        data=data,
+        family=family,
+        flavour=flavour,
+        config_path=loaded.config_path,
+        validation_prompts=MappingProxyType(prompts),
+        prompt_from_first_sample=from_first,
+        warnings=tuple(warnings),
+    )
+
+
+def _defaults(train: TrainConfig, family: ModelFamily, resolved: dict[str, Any]) -> dict[str, Any]:
+    """Defaults the family decides, written into the resolved config (an explicit value is kept)."""
+    return {
+        "model_flavour": family.loader.flavour,
+        "vae_latent_sampling": train.vae_latent_sampling or family.default_vae_latent_sampling,
+        "max_sequence_length": train.max_sequence_length or family.default_max_sequence_length,
+        "lora_alpha": train.effective_lora_alpha,
+        "lora_target_modules": train.lora_target_modules or family.lora_targets(),
+        "validation_seed": train.seed if train.validation_seed is None else train.validation_seed,
+        "attention_backend": resolved.get("attention_backend", train.attention_backend),
+    }
+
+
+def _check_attention_backend(name: str) -> None:
+    from diffusers.models.attention_dispatch import AttentionBackendName
+
+    names = [b.value for b in AttentionBackendName]
+    if name not in names:
+        raise ConfigError(f"attention_backend '{name}' is not a diffusers backend; one of {', '.join(names)}")
+
+
+def _check_datasets(train: TrainConfig, data: DataBackendConfig, family: ModelFamily) -> None:
+    """Rules between the train config, the datasets and the family."""
+    if train.eval_dataset_id is not None and train.eval_dataset_id not in {d.id for d in data.media}:
+        raise ConfigError(
+            f"eval_dataset_id '{train.eval_dataset_id}' is not an enabled video or image dataset "
+            f"(have: {', '.join(d.id for d in data.media)})"
+        )
+    if not [d for d in data.media if d.id != train.eval_dataset_id]:
+        raise ConfigError(
+            f"every enabled video or image dataset is the eval dataset ('{train.eval_dataset_id}'): add one "
+            "to train on"
+        )
+    for ds in data.media:
+        if ds.audio is not None and ds.audio.duration_interval is not None:
+            logger.warning(
+                "dataset '%s': audio.duration_interval (bucket rounding of audio-only datasets) changes "
+                "nothing here: the sound of a video dataset spans exactly its sampled frames",
+                ds.id,
+            )
+
+
+def _check_files(train: TrainConfig) -> None:
+    """Files the config names exist before anything heavy starts."""
+    if train.init_lora is not None and not Path(train.init_lora).is_file():
+        raise ConfigError(f"init_lora: file not found: {train.init_lora}")
+    if train.report_to == "wandb":
+        try:
+            import wandb  # noqa: F401
+        except ImportError as exc:
+            raise ConfigError("report_to: 'wandb' needs the wandb package (pip install wandb)") from exc
+    resolve_checkpoint(train.output_dir, train.resume_from_checkpoint)
+
+
+def _validation_prompts(cfg: TrainConfig) -> dict[str, str]:
+    """name -> prompt, from validation_prompt and validation_prompt_library (a JSON file or an object)."""
+    prompts: dict[str, str] = {}
+    if cfg.validation_prompt:
+        prompts["validation"] = cfg.validation_prompt
+    library = cfg.validation_prompt_library
+    if isinstance(library, Path):
+        if not library.exists():
+            raise ConfigError(f"validation_prompt_library: file not found: {library}")
+        try:
+            library = json.loads(library.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"validation_prompt_library: {library} is not valid JSON: {exc}") from exc
+        if not isinstance(library, dict):
+            raise ConfigError("validation_prompt_library: expected a JSON object of name: prompt")
+    for name, prompt in (library or {}).items():
+        prompts[re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name))] = str(prompt)
+    return prompts
+
+
+def list_checkpoints(output_dir: Path) -> list[Path]:
+    """The run's checkpoint-N folders, oldest first."""
+    folders = Path(output_dir).glob("checkpoint-*")
+    found = [p for p in folders if _CHECKPOINT_NAME.match(p.name) and p.is_dir()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def resolve_checkpoint(output_dir: Path, spec: str | None) -> Path | None:
+    """'latest' -> newest checkpoint (None if there is none yet); a path -> that folder, which must exist."""
+    if not spec:
+        return None
+    if spec == "latest":
+        found = list_checkpoints(output_dir)
+        return found[-1] if found else None
+    path = Path(spec)
+    if not path.is_absolute() and not path.exists():
+        path = Path(output_dir) / spec
+    if not (path / "state.json").exists():
+        raise ConfigError(
+            f"resume_from_checkpoint: '{spec}' is not a checkpoint folder (no state.json in {path})"
+        )
+    return path
+
+
+class _WarningList(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextmanager
+def _collected_warnings() -> Iterator[list[str]]:
+    """The warnings logged by cinetune while resolving (they are still logged as usual)."""
+    handler = _WarningList()
+    root = logging.getLogger("cinetune")
+    root.addHandler(handler)
+    try:
+        yield handler.messages
+    finally:
+        root.removeHandler(handler)

@@ -94,3 +94,42 @@ def test_comfyui_file_with_alpha_equal_rank_loads_in_diffusers(tmp_path: Path, t
     pipe.unload_lora_weights()
     pipe.load_lora_weights(tmp_path / "plain.safetensors", adapter_name="c")
     torch.testing.assert_close(_generate(pipe), from_diffusers)
+
+
+# ---- Kandinsky 5 -------------------------------------------------------------------------------------------
+
+
+def test_kandinsky5_default_targets_export_and_load_back_with_feed_forward(tmp_path: Path) -> None:
+    """The default targets (attention + feed-forward) round-trip: the diffusers file loads into
+    Kandinsky5T2VPipeline with every trained delta, and the ComfyUI file's alpha / rank * B @ A equals it."""
+    from diffusers import Kandinsky5T2VPipeline
+
+    from cinetune.models.kandinsky5 import tiny
+
+    family = build_family("kandinsky5-video", "tiny", None)
+    model = family.load_transformer(torch.float32)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=family.lora_targets(), init_lora_weights="gaussian")
+    model.add_adapter(config)
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    trained = {n: m.get_delta_weight("default") for n, m in model.named_modules() if hasattr(m, "lora_A")}
+    assert sum("feed_forward" in n for n in trained) == 2 * 3  # in and out layer of 1 text + 2 visual blocks
+    save_diffusers_lora(tmp_path, Kandinsky5T2VPipeline, model, config.to_dict())
+
+    pipe = Kandinsky5T2VPipeline.from_pretrained(tiny.save_tiny_checkpoint(tmp_path / "model"))
+    pipe.load_lora_weights(tmp_path / DIFFUSERS_FILE)
+    loaded = {n: m for n, m in pipe.transformer.named_modules() if hasattr(m, "lora_A")}
+    assert set(loaded) == set(trained)
+    for name, delta in trained.items():
+        adapter = next(iter(loaded[name].scaling))
+        torch.testing.assert_close(loaded[name].get_delta_weight(adapter), delta, msg=name)
+
+    comfy = load_file(str(export_comfyui(tmp_path, family.comfyui_renames)))
+    for name, delta in trained.items():
+        a, b = comfy[f"diffusion_model.{name}.lora_A.weight"], comfy[f"diffusion_model.{name}.lora_B.weight"]
+        alpha = comfy[f"diffusion_model.{name}.alpha"]
+        torch.testing.assert_close(float(alpha) / a.shape[0] * (b @ a), delta, msg=name)
+    assert len(comfy) == 3 * len(trained)  # A, B and alpha per module, nothing else

@@ -136,8 +136,13 @@ def test_train_resume_export_and_load_into_pipeline(
     lora, comfy = load_file(str(out / DIFFUSERS_FILE)), load_file(str(out / COMFYUI_FILE))
     assert "transformer.visual_transformer_blocks.0.cross_attention.to_query.lora_A.weight" in lora
     assert "transformer.text_transformer_blocks.0.self_attention.out_layer.lora_B.weight" in lora
-    assert not any("modulation" in key or "feed_forward" in key for key in lora)
+    # default targets: attention and feed-forward (the official recipe), never modulation or the output layer
+    assert "transformer.visual_transformer_blocks.1.feed_forward.in_layer.lora_A.weight" in lora
+    assert "transformer.text_transformer_blocks.0.feed_forward.out_layer.lora_B.weight" in lora
+    assert not any("modulation" in key or key.startswith("transformer.out_layer.") for key in lora)
+    assert len(lora) == 2 * (6 + 2 * 10)  # A and B of 6 modules per text block, 10 per visual block
     assert "diffusion_model.visual_transformer_blocks.1.self_attention.to_value.alpha" in comfy
+    assert "diffusion_model.visual_transformer_blocks.0.feed_forward.out_layer.alpha" in comfy
 
     pipeline_class = Kandinsky5I2VPipeline if i2v else Kandinsky5T2VPipeline
     pipe = pipeline_class.from_pretrained(model_dir)

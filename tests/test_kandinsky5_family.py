@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,10 +16,10 @@ from cinetune.cache.store import TensorCache
 from cinetune.config import TrainConfig
 from cinetune.errors import ConfigError, NotSupportedYet
 from cinetune.models.kandinsky5 import tiny
-from cinetune.models.kandinsky5.inputs import SHIFT_MU, rope_scale_factor
+from cinetune.models.kandinsky5.inputs import SHIFT_MU
 from cinetune.models.kandinsky5.vae_memory import disable_patch_conv, enable_patch_conv
 from cinetune.models.registry import build_family
-from cinetune.objectives import flow_loss, sample_sigmas
+from cinetune.objectives import flow_loss, sample_sigmas, shift_sigmas
 from cinetune.training.batches import Batch
 from cinetune.training.step import training_loss
 
@@ -61,6 +62,35 @@ def test_flavours_map_to_diffusers_repos() -> None:
         offline.load_transformer(torch.float32)
     with pytest.raises(ConfigError, match="no 'vae' folder"):
         build_family("kandinsky5-video", "tiny", str(Path(__file__).parent)).load_vae(torch.float32)
+
+
+# metrics.scale_factor of the official config each flavour follows (kandinskylab/kandinsky-5 configs/, read at
+# commit 6e2a805). The Pro pretrain models have no config of their own: their SFT model's HD config.
+OFFICIAL_ROPE_SCALE = {
+    "t2v-lite-sft-5s": ("k5_lite_t2v_5s_sft_sd.yaml", (1.0, 2.0, 2.0)),
+    "t2v-lite-pretrain-5s": ("k5_lite_t2v_5s_pretrain_sd.yaml", (1.0, 2.0, 2.0)),
+    "t2v-lite-sft-10s": ("k5_lite_t2v_10s_sft_sd.yaml", (1.0, 2.0, 2.0)),
+    "t2v-lite-pretrain-10s": ("k5_lite_t2v_10s_pretrain_sd.yaml", (1.0, 2.0, 2.0)),
+    "t2v-pro-sft-5s-hd": ("k5_pro_t2v_5s_sft_hd.yaml", (1.0, 3.16, 3.16)),
+    "t2v-pro-pretrain-5s-hd": ("k5_pro_t2v_5s_sft_hd.yaml", (1.0, 3.16, 3.16)),
+    "t2v-pro-sft-10s-hd": ("k5_pro_t2v_10s_sft_hd.yaml", (1.0, 3.16, 3.16)),
+    "t2v-pro-pretrain-10s-hd": ("k5_pro_t2v_10s_sft_hd.yaml", (1.0, 3.16, 3.16)),
+    "i2v-lite-5s": ("k5_lite_i2v_5s_sft_sd.yaml", (1.0, 2.0, 2.0)),
+    "i2v-pro-sft-5s": ("k5_pro_i2v_5s_sft_hd.yaml", (1.0, 3.16, 3.16)),
+    "tiny": ("k5_lite_t2v_5s_sft_sd.yaml (tiny Lite)", (1.0, 2.0, 2.0)),
+    "tiny-i2v": ("k5_lite_i2v_5s_sft_sd.yaml (tiny Lite)", (1.0, 2.0, 2.0)),
+}
+
+
+def test_rope_scale_factor_is_the_official_configs_per_flavour() -> None:
+    cls = type(build_family("kandinsky5-video", "tiny", None))
+    assert set(cls.flavours) == set(OFFICIAL_ROPE_SCALE)
+    for name, (config, scale) in OFFICIAL_ROPE_SCALE.items():
+        assert cls.flavours[name].extra["rope_scale_factor"] == scale, (name, config)
+        assert build_family("kandinsky5-video", name, None).rope_scale_factor == scale, name
+        # the HD scale is exactly the Pro flavours', all of them NABLA (HD) architectures
+        assert (scale == (1.0, 3.16, 3.16)) == ("-pro-" in name)
+        assert cls.flavours[name].extra["sparse_attention"] or scale == (1.0, 2.0, 2.0)
 
 
 def test_frame_rule_adjusts_down_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
@@ -110,8 +140,19 @@ def test_text_embeddings_are_the_pipelines_without_the_template_prefix(k5_dir: P
     assert sizes[2] - sizes[0] == (ours[2]["prompt_embeds"].numel() - ours[0]["prompt_embeds"].numel()) * 4
     (short,) = family.encode_text(tokenizers, encoders, [CAPTIONS[2]], 8)
     assert short["prompt_embeds"].shape[0] <= 8
+
+
+def test_max_sequence_length_over_1024_fails_in_configure_before_any_weights() -> None:
+    # a hub flavour with no weights on this machine: configure must reject the config without loading any
+    family = build_family("kandinsky5-video", "t2v-lite-sft-5s", None)
+    with pytest.raises(ConfigError, match="max_sequence_length 1025: Kandinsky 5 takes at most 1024"):
+        family.configure(_config(max_sequence_length=1025))
+    assert family.configure(_config(max_sequence_length=1024)) == {}
+    assert family.configure(_config()) == {}  # unset: the default 512
+    nabla = build_family("kandinsky5-video", "t2v-lite-sft-10s", None)
+    assert nabla.configure(_config(max_sequence_length=1024)) == {"attention_backend": "flex"}
     with pytest.raises(ConfigError, match="at most 1024"):
-        family.encode_text(tokenizers, encoders, ["x"], 2048)
+        nabla.configure(_config(max_sequence_length=4096))
 
 
 def test_video_latents_scaled_without_mean_std_and_i2v_first_frame(k5_i2v_dir: Path) -> None:
@@ -201,18 +242,16 @@ def test_inputs_are_channels_last_with_condition_and_mask() -> None:
     assert hidden[:, 0, ..., 32].eq(1).all() and not hidden[:, 1:, ..., 32].any()
     mask = inputs.stream("video").mask.view(2, 3, 24)
     assert mask[:, 0].sum() == 0 and mask[:, 1:].all()
-    for height, width in ((512, 768), (480, 854), (720, 1280), (64, 96), (1024, 1024)):
-        assert rope_scale_factor(height, width) == Kandinsky5T2VPipeline._get_scale_factor(
-            None, height, width
-        )
+    assert inputs.kwargs["scale_factor"] == (1.0, 2.0, 2.0)  # the flavour's constant (Lite), not by size
     assert family.shift_mu(family.num_tokens(x0.shape)) == pytest.approx(np.log(5.0))
 
 
 def test_pipelines_feed_the_transformer_what_training_feeds_it(k5_dir: Path) -> None:
     """Capture the first transformer call of both pipelines and compare with prepare_inputs."""
     calls = []
+    family = build_family("kandinsky5-video", "tiny", None)
     for pipeline_class in (Kandinsky5T2VPipeline, Kandinsky5I2VPipeline):
-        pipe = pipeline_class.from_pretrained(k5_dir)
+        pipe = family.use_rope_scale_factor(pipeline_class.from_pretrained(k5_dir))
         pipe.set_progress_bar_config(disable=True)
         pipe.transformer.register_forward_pre_hook(lambda _m, _a, kw: calls.append(kw), with_kwargs=True)
         extra = {"image": np.zeros((64, 96, 3), np.uint8)} if pipeline_class is Kandinsky5I2VPipeline else {}
@@ -225,7 +264,6 @@ def test_pipelines_feed_the_transformer_what_training_feeds_it(k5_dir: Path) -> 
             guidance_scale=1.0,
             **extra,
         )
-    family = build_family("kandinsky5-video", "tiny", None)
     entry = {
         "prompt_embeds": calls[0]["encoder_hidden_states"][0],
         "pooled_prompt_embeds": calls[0]["pooled_projections"][0],
@@ -242,6 +280,161 @@ def test_pipelines_feed_the_transformer_what_training_feeds_it(k5_dir: Path) -> 
         "hidden_states"
     ]  # image latent in frame 0 of the noisy channels, mask 1 there, no condition
     assert not i2v[..., 16:32].any() and i2v[:, 0, ..., 32].eq(1).all() and not i2v[:, 1:, ..., 32].any()
+
+
+class _StopAtCallError(Exception):
+    """Raised by a transformer hook once the call's `scale_factor` is recorded: no denoising, no decoding."""
+
+
+def _scale_factors(pipe, run) -> list[tuple]:
+    """`scale_factor` of the first transformer call while `run()` drives `pipe`, then stop."""
+    seen = []
+
+    def hook(_module, _args, kwargs):
+        seen.append(tuple(kwargs["scale_factor"]))
+        raise _StopAtCallError
+
+    handle = pipe.transformer.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with pytest.raises(_StopAtCallError):
+            run()
+    finally:
+        handle.remove()
+    return seen
+
+
+def _validate(family, pipe, width: int, height: int, image: np.ndarray | None = None):
+    """What validation does for one prompt and size: `family.generate` from cached-style embeddings."""
+    text = {"prompt_embeds": torch.randn(5, 32), "pooled_prompt_embeds": torch.randn(32)}
+    return lambda: family.generate(
+        pipe,
+        text,
+        text,
+        width=width,
+        height=height,
+        num_frames=17,
+        guidance_scale=1.0,
+        num_inference_steps=1,
+        frame_rate=24,
+        generator=torch.Generator().manual_seed(0),
+        device=torch.device("cpu"),
+        image=image,
+    )
+
+
+def test_rope_scale_factor_is_the_flavour_constant_in_training_and_validation_at_672x384(
+    k5_dir: Path, k5_i2v_dir: Path
+) -> None:
+    lite, hd = (1.0, 2.0, 2.0), (1.0, 3.16, 3.16)
+    # diffusers' pixel rule gives 3.16 to the example's 672x384 (16:9) and 576x432 (4:3) buckets
+    for width, height in ((672, 384), (576, 432)):
+        assert Kandinsky5T2VPipeline._get_scale_factor(None, height, width) == hd
+
+    # training: the inputs the training step builds for a 672x384 bucket
+    family = build_family("kandinsky5-video", "tiny", str(k5_dir))
+    entry = {"prompt_embeds": torch.randn(4, 32), "pooled_prompt_embeds": torch.randn(32)}
+    batch = Batch(
+        tensors={"latents": torch.randn(1, 16, 3, 384 // 8, 672 // 8)},
+        text=family.collate_text([entry]),
+        frame_rate=24.0,
+        use_std=False,
+    )
+    (forward,) = family.training_inputs(
+        batch,
+        torch.Generator().manual_seed(0),
+        "uniform",
+        torch.device("cpu"),
+        torch.float32,
+        family_config(),
+    )
+    assert forward.kwargs["scale_factor"] == lite
+    assert forward.kwargs["hidden_states"].shape[1:4] == (3, 48, 84)
+
+    # validation, text-to-video: the pipeline build_pipeline returns
+    transformer, vae, scheduler = (
+        family.load_transformer(torch.float32),
+        family.load_vae(torch.float32),
+        family.load_scheduler(),
+    )
+    pipe = family.build_pipeline(transformer, vae, scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    assert type(pipe) is Kandinsky5T2VPipeline and pipe._get_scale_factor(384, 672) == lite
+    assert _scale_factors(pipe, _validate(family, pipe, 672, 384)) == [lite]
+    # the same pipeline without the override passes the pixel rule's value to the transformer
+    plain = Kandinsky5T2VPipeline(**pipe.components)
+    plain.set_progress_bar_config(disable=True)
+    call = {"height": 384, "width": 672, "num_frames": 9, "num_inference_steps": 1, "guidance_scale": 1.0}
+    embeds = {k: v for k, v in family.pipeline_text_kwargs(entry, entry).items() if "negative" not in k}
+    assert _scale_factors(plain, lambda: plain(**embeds, **call)) == [hd]
+
+    # validation, image-to-video: without an image, generate first runs a T2V pipeline built from
+    # `pipe.components` (its call is checked), then the I2V pipeline; with an image, the I2V pipeline only
+    i2v = build_family("kandinsky5-video", "tiny-i2v", str(k5_i2v_dir))
+    pipe = i2v.build_pipeline(transformer, vae, scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    assert type(pipe) is Kandinsky5I2VPipeline
+    t2v_calls = []
+    original = Kandinsky5T2VPipeline.__call__
+
+    def counting(self, **kwargs):
+        t2v_calls.append(type(self))
+        return original(self, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Kandinsky5T2VPipeline, "__call__", counting)
+        assert _scale_factors(pipe, _validate(i2v, pipe, 672, 384)) == [lite]
+    assert t2v_calls == [Kandinsky5T2VPipeline]
+    image = np.full((384, 672, 3), 128, np.uint8)
+    assert _scale_factors(pipe, _validate(i2v, pipe, 672, 384, image)) == [lite]
+
+    # an HD (Pro) flavour keeps its (1, 3.16, 3.16) where the pixel rule says (1, 2, 2): 768x512
+    pro = build_family("kandinsky5-video", "t2v-pro-sft-5s-hd", str(k5_dir))
+    assert Kandinsky5T2VPipeline._get_scale_factor(None, 512, 768) == lite
+    pipe = pro.build_pipeline(transformer, vae, scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    assert _scale_factors(pipe, _validate(pro, pipe, 768, 512)) == [hd]
+
+
+def test_uniform_sigma_sampler_applies_the_scheduler_scale_5_shift() -> None:
+    """flow_sigma_sampler uniform: sigma = 5 s / (1 + 4 s), s ~ U(0, 1), as Kandinsky's scheduler_scale 5."""
+    family = build_family("kandinsky5-video", "tiny", None)
+    n = 4000
+    entry = {"prompt_embeds": torch.randn(3, 32), "pooled_prompt_embeds": torch.randn(32)}
+    latents = torch.zeros(n, 16, 1, 2, 2)
+    batch = Batch(
+        tensors={"latents": latents}, text=family.collate_text([entry] * n), frame_rate=24.0, use_std=False
+    )
+    generator = torch.Generator().manual_seed(3)
+    replay = torch.Generator().set_state(generator.get_state())
+    (forward,) = family.training_inputs(
+        batch, generator, "uniform", torch.device("cpu"), torch.float32, family_config()
+    )
+    sigmas = forward.kwargs["timestep"] / 1000.0
+    torch.randn(latents.shape, generator=replay)  # the noise, drawn before the sigmas
+    uniform = torch.rand(n, generator=replay)
+    torch.testing.assert_close(sigmas, 5 * uniform / (1 + 4 * uniform), atol=1e-5, rtol=0)
+    torch.testing.assert_close(sigmas, shift_sigmas(uniform, 5.0), atol=1e-5, rtol=0)
+    # the drawn distribution: CDF F(x) = x / (5 - 4x); median F^-1(1/2) = 5/6, a sixth of the draws below 0.5
+    assert float(sigmas.median()) == pytest.approx(5 / 6, abs=0.01)
+    assert float((sigmas < 0.5).float().mean()) == pytest.approx(1 / 6, abs=0.02)
+    ordered = sigmas.sort().values.double()
+    empirical = torch.arange(1, n + 1, dtype=torch.float64) / n
+    assert float((empirical - ordered / (5 - 4 * ordered)).abs().max()) < 1.36 / n**0.5  # KS, 5 % level
+    # the logit-normal sampler keeps its ln 5 centre (median sigmoid(ln 5) = 5/6 too) and is not shifted twice
+    (forward,) = family.training_inputs(
+        batch,
+        torch.Generator().manual_seed(3),
+        "shifted_logit_normal",
+        torch.device("cpu"),
+        torch.float32,
+        family_config(),
+    )
+    assert float((forward.kwargs["timestep"] / 1000).median()) == pytest.approx(5 / 6, abs=0.01)
+
+
+def family_config() -> SimpleNamespace:
+    """The transformer config fields training_inputs reads (regular attention: no sparse params)."""
+    return SimpleNamespace(attention_type="regular")
 
 
 def _lora_model(family, checkpointing: bool = False) -> torch.nn.Module:
@@ -298,9 +491,52 @@ def test_loss_runs_each_caption_length_unpadded_and_lora_gets_gradients(k5_i2v_d
     for name in (
         "text_transformer_blocks.0.self_attention.to_query",
         "visual_transformer_blocks.1.cross_attention.out_layer",
+        "text_transformer_blocks.0.feed_forward.in_layer",
+        "visual_transformer_blocks.0.feed_forward.out_layer",
     ):
         assert grads[0][f"{name}.lora_B.default.weight"] > 0, name
-    assert not any("modulation" in n or "feed_forward" in n for n in grads[0])
+    assert not any("modulation" in n or n.startswith("out_layer.") for n in grads[0])
+
+
+def test_default_lora_targets_are_the_official_recipes_attention_and_feed_forward() -> None:
+    """peft resolves the default targets to exactly the attention projections and feed-forward layers."""
+    family = build_family("kandinsky5-video", "tiny", None)
+    assert family.lora_targets() == [
+        "self_attention.to_query",
+        "self_attention.to_key",
+        "self_attention.to_value",
+        "self_attention.out_layer",
+        "cross_attention.to_query",
+        "cross_attention.to_key",
+        "cross_attention.to_value",
+        "cross_attention.out_layer",
+        "feed_forward.in_layer",
+        "feed_forward.out_layer",
+    ]
+    model = _lora_model(family)
+    adapted = {name for name, module in model.named_modules() if hasattr(module, "lora_A")}
+    attention = [
+        f"{kind}.{proj}"
+        for kind in ("self_attention", "cross_attention")
+        for proj in ("to_query", "to_key", "to_value", "out_layer")
+    ]
+    feed_forward = ["feed_forward.in_layer", "feed_forward.out_layer"]
+    expected = {f"text_transformer_blocks.0.{m}" for m in attention[:4] + feed_forward} | {
+        f"visual_transformer_blocks.{i}.{m}" for i in range(2) for m in attention + feed_forward
+    }
+    assert adapted == expected  # 6 per text block, 10 per visual block
+    linear_out_layers = {
+        n for n, m in model.named_modules() if n.endswith("out_layer") and hasattr(m, "weight")
+    }
+    left = {
+        "out_layer.out_layer",
+        "out_layer.modulation.out_layer",
+        "time_embeddings.out_layer",
+        "text_transformer_blocks.0.text_modulation.out_layer",
+        "visual_transformer_blocks.0.visual_modulation.out_layer",
+        "visual_transformer_blocks.1.visual_modulation.out_layer",
+    }
+    assert linear_out_layers - adapted == left  # every other `out_layer` stays without an adapter
 
 
 def test_validation_generates_t2v_and_i2v_from_cached_embeddings(

@@ -3,7 +3,8 @@
 Facts (TRAINING_FACTS.md section 3): HunyuanVideo VAE, 16 channels, 8x space / 4x time, latents = z * 0.476986
 (no mean/std); frames 4k+1, sides multiples of 16; transformer input channels-last (B, F, H, W, 33);
 text = Qwen2.5-VL hidden_states[-1] over the pipeline's chat template, its 128-token prefix dropped, plus the
-CLIP pooled output; timestep 1000 sigma; RoPE positions and scale factor as the pipelines build them.
+CLIP pooled output; timestep 1000 sigma; RoPE positions as the pipelines build them, the RoPE scale factor a
+per-flavour constant from the official configs (validation overrides the pipelines' pixel-size rule).
 Text embeddings are made by the pipeline's own `encode_prompt`, one caption at a time, so a cached entry is
 exactly what Kandinsky5T2VPipeline computes for that prompt (no padding to store).
 """
@@ -31,8 +32,10 @@ from cinetune.errors import ConfigError
 from cinetune.models.base import Flavour, FrameRule, GeneratedVideo, ModelFamily
 from cinetune.models.kandinsky5 import tiny
 from cinetune.models.kandinsky5.inputs import (
+    ROPE_SCALE_HD,
+    ROPE_SCALE_SD,
+    SCHEDULER_SCALE,
     SHIFT_MU,
-    rope_scale_factor,
     to_channels_last,
     token_loss_mask,
     visual_input,
@@ -40,7 +43,7 @@ from cinetune.models.kandinsky5.inputs import (
 )
 from cinetune.models.kandinsky5.vae_memory import enable_patch_conv
 from cinetune.models.loading import ComponentLoader
-from cinetune.objectives import LossStream, ModelInputs, sample_latents, sample_sigmas
+from cinetune.objectives import LossStream, ModelInputs, sample_latents, sample_sigmas, shift_sigmas
 
 logger = logging.getLogger(__name__)
 _REPO = "kandinskylab/Kandinsky-5.0-{}-Diffusers"
@@ -87,33 +90,63 @@ _PRO_10S = {**_PRO, **_NABLA, "attention_P": 0.7}
 _PRO_5S_HD = {**_PRO, **_NABLA, "attention_P": 0.8}
 
 
-def _flavour(name: str, repo: str | None, what: str, arch: dict, i2v: bool = False) -> Flavour:
-    extra = {"transformer_config": arch, "i2v": i2v, "sparse_attention": arch["attention_type"] == "nabla"}
+def _flavour(
+    name: str, repo: str | None, what: str, arch: dict, rope: tuple[float, ...], i2v: bool = False
+) -> Flavour:
+    extra = {
+        "transformer_config": arch,
+        "i2v": i2v,
+        "sparse_attention": arch["attention_type"] == "nabla",
+        "rope_scale_factor": rope,
+    }
     return Flavour(name, _REPO.format(repo) if repo else None, what, extra=extra)
 
 
+# RoPE scale factor per flavour, as its official config (kandinsky-5 configs/<name>.yaml,
+# metrics.scale_factor): every Lite config is "_sd", (1, 2, 2) (k5_lite_t2v_{5s,10s}_{sft,pretrain}_sd,
+# k5_lite_i2v_5s_sft_sd); the Pro flavours are the HD models (NABLA, resolution 1024), (1, 3.16, 3.16)
+# (k5_pro_t2v_{5s,10s}_sft_hd, k5_pro_i2v_5s_sft_hd; the Pro pretrain models have no config of their own and
+# take their SFT model's). The tiny test models follow Lite.
+_SD, _HD = ROPE_SCALE_SD, ROPE_SCALE_HD
 _FLAVOURS = [
-    _flavour("t2v-lite-sft-5s", "T2V-Lite-sft-5s", "Lite 2B text-to-video, SFT, 5 s (default)", _LITE),
-    _flavour("t2v-lite-pretrain-5s", "T2V-Lite-pretrain-5s", "Lite 2B text-to-video, pretrain, 5 s", _LITE),
-    _flavour("t2v-lite-sft-10s", "T2V-Lite-sft-10s", "Lite 2B text-to-video, SFT, 10 s", _LITE_10S),
+    _flavour("t2v-lite-sft-5s", "T2V-Lite-sft-5s", "Lite 2B text-to-video, SFT, 5 s (default)", _LITE, _SD),
     _flavour(
-        "t2v-lite-pretrain-10s", "T2V-Lite-pretrain-10s", "Lite 2B text-to-video, pretrain, 10 s", _LITE_10S
+        "t2v-lite-pretrain-5s", "T2V-Lite-pretrain-5s", "Lite 2B text-to-video, pretrain, 5 s", _LITE, _SD
     ),
-    _flavour("t2v-pro-sft-5s-hd", "T2V-Pro-sft-5s", "Pro 19B text-to-video, SFT, 5 s, HD", _PRO_5S_HD),
+    _flavour("t2v-lite-sft-10s", "T2V-Lite-sft-10s", "Lite 2B text-to-video, SFT, 10 s", _LITE_10S, _SD),
+    _flavour(
+        "t2v-lite-pretrain-10s",
+        "T2V-Lite-pretrain-10s",
+        "Lite 2B text-to-video, pretrain, 10 s",
+        _LITE_10S,
+        _SD,
+    ),
+    _flavour("t2v-pro-sft-5s-hd", "T2V-Pro-sft-5s", "Pro 19B text-to-video, SFT, 5 s, HD", _PRO_5S_HD, _HD),
     _flavour(
         "t2v-pro-pretrain-5s-hd",
         "T2V-Pro-pretrain-5s",
         "Pro 19B text-to-video, pretrain, 5 s, HD",
         _PRO_5S_HD,
+        _HD,
     ),
-    _flavour("t2v-pro-sft-10s-hd", "T2V-Pro-sft-10s", "Pro 19B text-to-video, SFT, 10 s, HD", _PRO_10S),
+    _flavour("t2v-pro-sft-10s-hd", "T2V-Pro-sft-10s", "Pro 19B text-to-video, SFT, 10 s, HD", _PRO_10S, _HD),
     _flavour(
-        "t2v-pro-pretrain-10s-hd", "T2V-Pro-pretrain-10s", "Pro 19B text-to-video, pretrain, 10 s", _PRO_10S
+        "t2v-pro-pretrain-10s-hd",
+        "T2V-Pro-pretrain-10s",
+        "Pro 19B text-to-video, pretrain, 10 s",
+        _PRO_10S,
+        _HD,
     ),
-    _flavour("i2v-lite-5s", "I2V-Lite-5s", "Lite 2B image-to-video, 5 s", _LITE, i2v=True),
-    _flavour("i2v-pro-sft-5s", "I2V-Pro-sft-5s", "Pro 19B image-to-video, SFT, 5 s", _PRO_5S_HD, i2v=True),
+    _flavour("i2v-lite-5s", "I2V-Lite-5s", "Lite 2B image-to-video, 5 s", _LITE, _SD, i2v=True),
     _flavour(
-        "tiny", None, "Tiny random text-to-video model built in memory (tests)", tiny.TINY_TRANSFORMER_CONFIG
+        "i2v-pro-sft-5s", "I2V-Pro-sft-5s", "Pro 19B image-to-video, SFT, 5 s", _PRO_5S_HD, _HD, i2v=True
+    ),
+    _flavour(
+        "tiny",
+        None,
+        "Tiny random text-to-video model built in memory (tests)",
+        tiny.TINY_TRANSFORMER_CONFIG,
+        _SD,
     ),
     _flavour(
         "tiny-i2v",
@@ -121,11 +154,14 @@ _FLAVOURS = [
         "Tiny random image-to-video model built in memory (tests); "
         "cinetune.models.kandinsky5.tiny.save_tiny_checkpoint(folder, i2v=True) writes it as a folder",
         tiny.TINY_TRANSFORMER_CONFIG,
+        _SD,
         i2v=True,
     ),
 ]
 _I2V_MIN_FRAMES = 17
 _ATTENTION_SUFFIXES = ("to_query", "to_key", "to_value", "out_layer")
+_FEED_FORWARD = ("feed_forward.in_layer", "feed_forward.out_layer")
+_MAX_SEQUENCE_LENGTH = 1024  # diffusers' Kandinsky 5 pipelines reject longer prompts
 
 
 class TextEncoders(torch.nn.Module):
@@ -141,10 +177,13 @@ class Kandinsky5VideoFamily(ModelFamily):
     flavours: ClassVar[dict[str, Flavour]] = {f.name: f for f in _FLAVOURS}
     default_flavour: ClassVar[str] = "t2v-lite-sft-5s"
     frame_rule: ClassVar[FrameRule] = FrameRule(temporal_multiple=4, spatial_multiple=16)
-    # Attention projections of self- (text and visual blocks) and cross-attention, not the modulation,
-    # feed-forward or output layers that share the `out_layer` name.
-    default_lora_targets: ClassVar[tuple[str, ...]] = tuple(
-        f"{attn}.{proj}" for attn in ("self_attention", "cross_attention") for proj in _ATTENTION_SUFFIXES
+    # The official LoRA recipe's targets (TRAINING_FACTS section 3): the attention projections of self-
+    # (text and visual blocks) and cross-attention and both feed-forward layers. peft matches a target as the
+    # module's whole name or a dotted suffix of it, so `feed_forward.out_layer` never reaches the modulation
+    # (`*_modulation.out_layer`) or output (`out_layer.out_layer`) layers that share the `out_layer` name.
+    default_lora_targets: ClassVar[tuple[str, ...]] = (
+        *(f"{attn}.{proj}" for attn in ("self_attention", "cross_attention") for proj in _ATTENTION_SUFFIXES),
+        *_FEED_FORWARD,
     )
     default_max_sequence_length: ClassVar[int] = 512
     default_frame_rate: ClassVar[float] = 24.0
@@ -170,6 +209,7 @@ class Kandinsky5VideoFamily(ModelFamily):
         self.loader = loader
         spec = self.flavours[loader.flavour]
         self.conditions_on_image = bool(spec.extra.get("i2v"))
+        self.rope_scale_factor: tuple[float, float, float] = spec.extra["rope_scale_factor"]
         if spec.extra.get("sparse_attention"):
             self.frame_rule = FrameRule(temporal_multiple=4, spatial_multiple=128)
         self.vae_patch_conv = False
@@ -181,6 +221,12 @@ class Kandinsky5VideoFamily(ModelFamily):
         self.vae_patch_conv = bool(getattr(cfg, "vae_enable_patch_conv", False))
         self.vae_tiling = bool(getattr(cfg, "vae_enable_tiling", False))
         self.eval_dataset_id = getattr(cfg, "eval_dataset_id", None)
+        max_sequence_length = getattr(cfg, "max_sequence_length", None) or self.default_max_sequence_length
+        if max_sequence_length > _MAX_SEQUENCE_LENGTH:
+            raise ConfigError(
+                f"max_sequence_length {max_sequence_length}: Kandinsky 5 takes at most "
+                f"{_MAX_SEQUENCE_LENGTH} text tokens"
+            )
         if self.flavours[self.loader.flavour].extra.get("sparse_attention"):
             # NABLA builds a flex-attention BlockMask: only diffusers' flex backend can run it.
             if cfg.attention_backend not in ("native", "flex"):
@@ -280,8 +326,6 @@ class Kandinsky5VideoFamily(ModelFamily):
         One caption per call: the pipeline pads a batch to its longest prompt and encodes without a mask, and
         its transformer has no text mask either, so batching would change what a caption's tokens see.
         """
-        if max_sequence_length > 1024:
-            raise ConfigError(f"max_sequence_length {max_sequence_length}: Kandinsky 5 takes at most 1024")
         qwen_tokenizer, clip_tokenizer = tokenizer
         pipe = Kandinsky5T2VPipeline(
             transformer=None,
@@ -368,7 +412,6 @@ class Kandinsky5VideoFamily(ModelFamily):
         device = latents.device
         s = sigmas.view(-1, 1, 1, 1, 1).to(latents.dtype)
         noisy = (1.0 - s) * latents + s * noise
-        _, _, _, height, width = latents.shape
         kwargs = {
             "hidden_states": visual_input(noisy, image_latents).to(dtype),
             "encoder_hidden_states": text["prompt_embeds"][:, :length].to(device, dtype),
@@ -376,7 +419,7 @@ class Kandinsky5VideoFamily(ModelFamily):
             "timestep": (sigmas * 1000.0).to(device, dtype),
             "visual_rope_pos": visual_rope_positions(latents.shape, device),
             "text_rope_pos": torch.arange(length, device=device),
-            "scale_factor": rope_scale_factor(height * 8, width * 8),
+            "scale_factor": self.rope_scale_factor,
             "return_dict": True,
         }
         target = to_channels_last(noise - latents).flatten(1, 3)
@@ -397,6 +440,10 @@ class Kandinsky5VideoFamily(ModelFamily):
         x0 = sample_latents(batch.latents, batch.latents_std, generator)
         noise = torch.randn(x0.shape, generator=generator)
         sigmas = sample_sigmas(x0.shape[0], SHIFT_MU, sigma_sampler, generator)
+        if sigma_sampler == "uniform":
+            # Kandinsky trains on sigmas shifted by scheduler_scale 5 (the logit-normal has it as its centre,
+            # SHIFT_MU): 5 s / (1 + 4 s), s ~ U(0, 1).
+            sigmas = shift_sigmas(sigmas, SCHEDULER_SCALE)
         image = None
         if self.conditions_on_image:
             std = batch.tensors.get("image_latents_std") if batch.use_std else None
@@ -421,9 +468,10 @@ class Kandinsky5VideoFamily(ModelFamily):
 
     # ---- validation and export ---------------------------------------------------------------------------
     def build_pipeline(self, transformer: torch.nn.Module, vae: torch.nn.Module, scheduler: Any) -> Any:
-        """A pipeline without text encoders: validation passes cached prompt embeddings."""
+        """A pipeline without text encoders: validation passes cached prompt embeddings. Its RoPE scale factor
+        is the flavour's constant, as in training (see `use_rope_scale_factor`)."""
         pipeline_class = Kandinsky5I2VPipeline if self.conditions_on_image else Kandinsky5T2VPipeline
-        return pipeline_class(
+        pipe = pipeline_class(
             transformer=transformer,
             vae=vae,
             text_encoder=None,
@@ -432,6 +480,15 @@ class Kandinsky5VideoFamily(ModelFamily):
             tokenizer_2=None,
             scheduler=scheduler,
         )
+        return self.use_rope_scale_factor(pipe)
+
+    def use_rope_scale_factor(self, pipe: Any) -> Any:
+        """Make a Kandinsky5T2VPipeline / Kandinsky5I2VPipeline pass the flavour's RoPE scale factor to the
+        transformer at every size, instead of its own pixel-size rule (`self._get_scale_factor(height,
+        width)`); on this instance only. Returns the pipeline."""
+        scale = self.rope_scale_factor
+        pipe._get_scale_factor = lambda height, width: scale
+        return pipe
 
     @staticmethod
     def pipeline_text_kwargs(positive: dict[str, torch.Tensor], negative: dict[str, torch.Tensor]) -> dict:
@@ -471,6 +528,7 @@ class Kandinsky5VideoFamily(ModelFamily):
             "output_type": "np",
         }
         text = {k: v.to(device) for k, v in self.pipeline_text_kwargs(positive, negative).items()}
+        self.use_rope_scale_factor(pipe)  # also when the pipeline was not made by build_pipeline
         if not self.conditions_on_image:
             return GeneratedVideo(frames=np.asarray(pipe(**text, **common).frames[0], dtype=np.float32))
         if num_frames < _I2V_MIN_FRAMES:
@@ -483,7 +541,7 @@ class Kandinsky5VideoFamily(ModelFamily):
             )
             common["num_frames"] = _I2V_MIN_FRAMES
         if image is None:
-            t2v = Kandinsky5T2VPipeline(**pipe.components)
+            t2v = self.use_rope_scale_factor(Kandinsky5T2VPipeline(**pipe.components))
             t2v.set_progress_bar_config(disable=True)
             first = np.asarray(t2v(**text, **common).frames[0][0])
             image = (np.clip(first, 0, 1) * 255).round().astype(np.uint8)

@@ -19,11 +19,13 @@ SCHEDULER_SCALE = 5.0
 SHIFT_MU = math.log(SCHEDULER_SCALE)
 
 
-def rope_scale_factor(height: int, width: int) -> tuple[float, float, float]:
-    """RoPE divisor by pixel size, as the pipelines pick it: (1, 2, 2) when both sides are in [480, 854]."""
-    if 480 <= height <= 854 and 480 <= width <= 854:
-        return (1.0, 2.0, 2.0)
-    return (1.0, 3.16, 3.16)
+# RoPE `scale_factor` (divides the visual RoPE angles per axis: time, height, width). The official configs set
+# one constant per model, whatever the size: kandinsky-5 configs/*.yaml `metrics.scale_factor` is (1, 2, 2)
+# in every Lite config and every Pro "_sd" config, (1, 3.16, 3.16) in the Pro "_hd" ones (NABLA, resolution
+# 1024); the Lite LoRA recipe's `common.scale_factor` is (1, 2, 2) too. diffusers' pipelines instead pick
+# (1, 2, 2) only when both sides are in [480, 854] pixels, so e.g. a 672x384 bucket would get (1, 3.16, 3.16).
+ROPE_SCALE_SD = (1.0, 2.0, 2.0)
+ROPE_SCALE_HD = (1.0, 3.16, 3.16)
 
 
 def visual_rope_positions(latent_shape: torch.Size, device: torch.device) -> list[torch.Tensor]:

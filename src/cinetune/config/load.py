@@ -106,7 +106,8 @@ def parse_override_value(text: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError:
-        return None if text.strip() in ("None", "none") else text
+        # 'None' unsets a key; lower-case 'none' stays a string (report_to=none is a value, not an unset key)
+        return None if text.strip() == "None" else text
 
 
 def parse_overrides(args: list[str]) -> dict[str, Any]:

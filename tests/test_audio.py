@@ -12,7 +12,7 @@ import torch
 from diffusers import LTX2Pipeline
 
 from cinetune.data import write_video
-from cinetune.data.audio import extract_audio, log_mel_spectrogram, mel_filterbank, tone
+from cinetune.data.audio import AudioSpan, extract_audio, log_mel_spectrogram, mel_filterbank, tone
 from cinetune.models.ltxvideo2 import audio_latents, tiny
 
 
@@ -64,23 +64,71 @@ def test_log_mel_is_the_ltx2_audio_vae_input() -> None:
     assert bank.shape == (513, 64) and (bank >= 0).all() and bank[:, 0].argmax() < bank[:, 63].argmax()
 
 
-def test_audio_tokens_match_the_pipeline_packing_and_length() -> None:
-    audio_vae = tiny.tiny_components()["audio_vae"]
-    frames, fps = 121, 24
-    steps = audio_latents.latent_steps(frames, fps, audio_vae)
-    assert steps == 126  # what LTX2Pipeline generates for 121 frames at 24 fps
-    wave = tone(round(frames / fps * 16000), 16000, 300.0)
+# (frames, fps) -> (the VAE's latent steps, the pipeline's round(frames / fps * 25)), with
+# samples = round(frames / fps * 16000), mel frames = 1 + samples // 160, steps = ceil(mel / 4)
+_LENGTHS = {
+    (121, 24): (127, 126),  # 80667 samples, 505 mel frames
+    (57, 25): (58, 57),  # 36480 samples, 229 mel frames
+    (9, 25): (10, 9),  # 5760 samples, 37 mel frames
+    (17, 24): (18, 18),  # 11333 samples, 71 mel frames: the same count
+    (97, 30): (81, 81),  # 51733 samples, 324 mel frames
+    (49, 24): (52, 51),  # 32667 samples, 205 mel frames
+}
+
+
+@pytest.fixture(scope="module")
+def audio_vae() -> torch.nn.Module:
+    return tiny.tiny_components()["audio_vae"]
+
+
+@pytest.mark.parametrize(("frames", "fps"), list(_LENGTHS))
+def test_audio_tokens_are_every_step_the_vae_gives(audio_vae: torch.nn.Module, frames: int, fps: int) -> None:
+    """The cached tokens are LTX2Pipeline's packing and normalization of diffusers' AutoencoderKLLTX2Audio
+    encoding of the window's waveform, all of its steps (ceil(mel_frames / 4), as the official LTX-2 trainer
+    keeps them); `latent_steps` (with or without the VAE) predicts that count, and `encode_audio` cuts to a
+    pipeline's length only when asked."""
+    vae_steps, generated = _LENGTHS[(frames, fps)]
+    wave = tone(audio_latents.window_samples(frames, fps), 16000, 300.0)
     with torch.no_grad():
         mel = log_mel_spectrogram(torch.from_numpy(wave)[None])
         raw = audio_vae.encode(mel).latent_dist.mean
-    assert mel.shape[2] == 505 and raw.shape[2] == 127  # the encoder's ceil(505 / 4): one step more
-    tokens = audio_latents.encode_audio(audio_vae, wave, steps)
-    assert tokens.shape == (126, tiny.AUDIO_LATENT_CHANNELS * 16)
-    packed = LTX2Pipeline._pack_audio_latents(raw)[:, :126]
+    assert mel.shape[2] == 1 + wave.shape[1] // 160
+    assert raw.shape[2] == vae_steps == -(-mel.shape[2] // 4)  # the VAE's own output length
+    assert (
+        audio_latents.latent_steps(frames, fps, audio_vae)
+        == audio_latents.latent_steps(frames, fps)
+        == vae_steps
+    )
+    assert audio_latents.pipeline_steps(frames, fps, audio_vae) == generated
+    tokens = audio_latents.encode_audio(audio_vae, wave)
+    assert tokens.shape == (vae_steps, tiny.AUDIO_LATENT_CHANNELS * 16)
+    packed = LTX2Pipeline._pack_audio_latents(raw)
     expected = LTX2Pipeline._normalize_audio_latents(packed, audio_vae.latents_mean, audio_vae.latents_std)
     torch.testing.assert_close(tokens, expected[0])
-    mono = audio_latents.encode_audio(audio_vae, wave[:1], steps)  # mono is duplicated into the stereo VAE
-    torch.testing.assert_close(mono, audio_latents.encode_audio(audio_vae, np.repeat(wave[:1], 2, 0), steps))
+    # S2V validation feeds the pipeline its own length: the first `generated` tokens
+    torch.testing.assert_close(audio_latents.encode_audio(audio_vae, wave, generated), tokens[:generated])
+    with pytest.raises(ValueError, match="fewer than"):
+        audio_latents.encode_audio(audio_vae, wave, vae_steps + 1)
+
+
+def test_mono_audio_is_duplicated_into_the_stereo_vae(audio_vae: torch.nn.Module) -> None:
+    wave = tone(16000, 16000, 300.0)
+    mono = audio_latents.encode_audio(audio_vae, wave[:1])
+    torch.testing.assert_close(mono, audio_latents.encode_audio(audio_vae, np.repeat(wave[:1], 2, 0)))
+
+
+def test_every_step_of_a_fully_covered_window_counts_in_the_loss() -> None:
+    """The VAE's extra last step (ceil(mel / 4) > round(seconds * 25)) came from the track: it counts. A step
+    whose last mel frame is centred past the track's end does not."""
+    for (frames, fps), (steps, _) in _LENGTHS.items():
+        samples = audio_latents.window_samples(frames, fps)
+        full = AudioSpan(np.zeros((2, samples), np.float32), 16000, samples)
+        assert bool(audio_latents.token_mask(full, steps).all()), (frames, fps)
+    # 9 frames at 25 fps: step 9 ends with mel frame 36, centred on sample 5760, the window's end
+    short = AudioSpan(np.zeros((2, 5760), np.float32), 16000, 5759)
+    assert audio_latents.token_mask(short, 10).tolist() == [1.0] * 9 + [0.0]
+    half = AudioSpan(np.zeros((2, 5760), np.float32), 16000, 2880)  # a track that ends at 0.18 s
+    assert audio_latents.token_mask(half, 10).tolist() == [1.0] * 5 + [0.0] * 5  # centres 0, 0.04 .. 0.16 s
 
 
 def test_token_mask_marks_the_tokens_with_real_audio(tmp_path: Path) -> None:

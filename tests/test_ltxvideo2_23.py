@@ -14,13 +14,17 @@ import importlib
 import importlib.util
 import inspect
 import json
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
-from diffusers import AutoencoderKLLTX2Video, LTX2Pipeline
+from diffusers import AutoencoderKLLTX2Video, LTX2Pipeline, LTX2VideoTransformer3DModel
 from diffusers.pipelines.ltx2 import LTX2TextConnectors
 from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder, LTX2VocoderWithBWE
 from peft import LoraConfig
@@ -29,6 +33,13 @@ from safetensors.torch import load_file, save_file
 
 from cinetune.export.lora import COMFYUI_FILE, DIFFUSERS_FILE, save_diffusers_lora
 from cinetune.models.ltxvideo2 import configs, tiny
+from cinetune.models.ltxvideo2.av_timesteps import (
+    ADALN_MODULES,
+    HOOK_NAME,
+    apply_av_cross_timesteps,
+    has_av_cross_timesteps,
+    remove_av_cross_timesteps,
+)
 from cinetune.models.ltxvideo2.checkpoint import load_component
 from cinetune.models.ltxvideo2.convert import to_original_state_dict
 from cinetune.models.ltxvideo2.family import AudioInputs, LTX2Family
@@ -36,6 +47,7 @@ from cinetune.models.ltxvideo2.flow import first_frame_mask
 from cinetune.models.ltxvideo2.text import PROJ_KEY, make_prompt_encoder, run_connectors
 from cinetune.models.registry import build_family
 from cinetune.training.batches import Batch
+from cinetune.training.speed import apply_gradient_checkpointing
 from cinetune.training.step import training_loss
 from ltx_core_layout import combined_tensors
 
@@ -164,10 +176,326 @@ def _ltx_core_file(tmp_path: Path) -> tuple[Path, dict[str, torch.nn.Module]]:
     return path, models
 
 
+# ---- the A/V cross-attention timesteps: ltx-core's fixed rule ----------------------------------------------
+def _fixed_rule_preprocessor() -> type:
+    """The installed ltx-core's MultiModalTransformerArgsPreprocessor with the A/V cross-attention timesteps
+    of ltx-core >= 1.1.4 (1.2.0's `_prepare_cross_attention_timestep`): scale/shift from this stream's own
+    per-token timesteps, gate from the other stream's sigma x av_ca_timestep_scale_multiplier. ltx-core
+    1.0.0, what PyPI has, feeds the other stream's sigma to both; this subclass recomputes the two from the
+    modality's inputs after 1.0.0 prepared everything else (a no-op on an ltx-core that has the fixed
+    rule)."""
+    from ltx_core.model.transformer.transformer_args import MultiModalTransformerArgsPreprocessor
+
+    class FixedRule(MultiModalTransformerArgsPreprocessor):
+        def prepare(self, modality, cross_modality=None):
+            args = super().prepare(modality, cross_modality)
+            if cross_modality is None:
+                return args
+            batch, dtype = args.x.shape[0], modality.latent.dtype
+            scale = self.simple_preprocessor.timestep_scale_multiplier
+            scale_shift, _ = self.cross_scale_shift_adaln(
+                (modality.timesteps * scale).flatten(), hidden_dtype=dtype
+            )
+            gate, _ = self.cross_gate_adaln(
+                (cross_modality.sigma * self.av_ca_timestep_scale_multiplier).flatten(), hidden_dtype=dtype
+            )
+            return replace(
+                args,
+                cross_scale_shift_timestep=scale_shift.view(batch, -1, scale_shift.shape[-1]),
+                cross_gate_timestep=gate.view(batch, -1, gate.shape[-1]),
+            )
+
+    return FixedRule
+
+
+def _has_fixed_rule() -> bool:
+    """Whether the imported ltx-core prepares the A/V cross-attention timesteps by the fixed rule."""
+    from ltx_core.model.transformer.transformer_args import MultiModalTransformerArgsPreprocessor
+
+    method = MultiModalTransformerArgsPreprocessor._prepare_cross_attention_timestep
+    return "cross_modality_sigma" in inspect.signature(method).parameters
+
+
+@contextmanager
+def _fixed_rule(dit: torch.nn.Module) -> Iterator[None]:
+    """While active, ltx-core 1.0.0's `dit` prepares its A/V cross-attention timesteps by the fixed rule."""
+    fixed = _fixed_rule_preprocessor()
+    preprocessors = (dit.video_args_preprocessor, dit.audio_args_preprocessor)
+    classes = [type(p) for p in preprocessors]
+    for preprocessor in preprocessors:
+        preprocessor.__class__ = fixed
+    try:
+        yield
+    finally:
+        for preprocessor, cls in zip(preprocessors, classes, strict=True):
+            preprocessor.__class__ = cls
+
+
+def _ltx_core_dit() -> torch.nn.Module:
+    """The tiny 2.3 transformer built by the imported ltx-core's configurator, random weights."""
+    from ltx_core.model.transformer.model_configurator import LTXModelConfigurator
+
+    if hasattr(LTXModelConfigurator, "from_config"):  # 1.0.0
+        dit = LTXModelConfigurator.from_config(META)
+    else:  # 1.2.0 reads the file's metadata
+        dit = LTXModelConfigurator.from_metadata({"config": META})
+    return _randomized(dit.to_empty(device="cpu")).eval()
+
+
+def _diffusers_twin(dit: torch.nn.Module, folder: Path) -> torch.nn.Module:
+    """`dit`'s weights as the combined file stores them, loaded by our converter (no family: no hook)."""
+    path = folder / "transformer-only.safetensors"
+    tensors = {f"model.diffusion_model.{k}": v.contiguous() for k, v in dit.state_dict().items()}
+    save_file(tensors, str(path), metadata={"config": json.dumps(META)})
+    return load_component(path, "transformer", LTX2VideoTransformer3DModel)
+
+
+def _transformer_kwargs(sigma: float, audio_sigma: float, first_frame: bool, seed: int = 0) -> dict:
+    """Transformer kwargs as the family passes them (timesteps x1000): 2x2x3 video tokens, 5 audio steps,
+    video at `sigma` (its first frame clean, timestep 0, with `first_frame`), audio at `audio_sigma`."""
+    generator = torch.Generator().manual_seed(seed)
+    frames, height, width, steps, length = 2, 2, 3, 5, 7
+    t = META["transformer"]
+    timestep = torch.full((1, frames * height * width), sigma * 1000.0)
+    if first_frame:
+        timestep[:, : height * width] = 0.0
+    return {
+        "hidden_states": torch.randn(1, frames * height * width, 16, generator=generator),
+        "audio_hidden_states": torch.randn(1, steps, 32, generator=generator),
+        "encoder_hidden_states": torch.randn(1, length, t["cross_attention_dim"], generator=generator),
+        "audio_encoder_hidden_states": torch.randn(
+            1, length, t["audio_cross_attention_dim"], generator=generator
+        ),
+        "encoder_attention_mask": torch.ones(1, length, dtype=torch.long),
+        "audio_encoder_attention_mask": torch.ones(1, length, dtype=torch.long),
+        "timestep": timestep,
+        "audio_timestep": torch.tensor([audio_sigma * 1000.0]),
+        "sigma": torch.tensor([sigma * 1000.0]),
+        "audio_sigma": torch.tensor([audio_sigma * 1000.0]),
+        "num_frames": frames,
+        "height": height,
+        "width": width,
+        "fps": 24.0,
+        "audio_num_frames": steps,
+        "use_cross_timestep": True,  # what LTX2Pipeline passes for 2.3; the hook decides either way
+        "return_dict": False,
+    }
+
+
+def _ltx_core_forward(dit: torch.nn.Module, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The imported ltx-core's transformer on the inputs of a diffusers call (`kwargs`): sigmas and per-token
+    timesteps in [0, 1], its own positions (pixel bounds / fps, mel bounds)."""
+    from ltx_core.components.patchifiers import AudioPatchifier, VideoLatentPatchifier, get_pixel_coords
+    from ltx_core.guidance.perturbations import BatchedPerturbationConfig
+    from ltx_core.model.transformer.modality import Modality
+    from ltx_core.types import AudioLatentShape, SpatioTemporalScaleFactors, VideoLatentShape
+
+    batch, tokens, channels = kwargs["hidden_states"].shape
+    frames, height, width, steps = (kwargs[k] for k in ("num_frames", "height", "width", "audio_num_frames"))
+    bounds = VideoLatentPatchifier(patch_size=1).get_patch_grid_bounds(
+        VideoLatentShape(frames=frames, height=height, width=width, batch=batch, channels=channels)
+    )
+    positions = get_pixel_coords(bounds, SpatioTemporalScaleFactors.default(), causal_fix=True).float()
+    positions[:, 0] = positions[:, 0] / kwargs["fps"]
+    audio_positions = AudioPatchifier(patch_size=1).get_patch_grid_bounds(
+        AudioLatentShape(frames=steps, mel_bins=16, batch=batch, channels=2)
+    )
+    empty = BatchedPerturbationConfig.empty
+    if "num_blocks" in inspect.signature(empty).parameters:  # ltx-core 1.2.0
+        perturbations = empty(batch, len(dit.transformer_blocks))
+    else:
+        perturbations = empty(batch)
+    return dit(
+        Modality(
+            latent=kwargs["hidden_states"],
+            sigma=kwargs["sigma"] / 1000,
+            timesteps=(kwargs["timestep"] / 1000).expand(batch, tokens),  # per token: 0 on a clean frame
+            positions=positions,
+            context=kwargs["encoder_hidden_states"],
+            context_mask=kwargs["encoder_attention_mask"],
+        ),
+        Modality(
+            latent=kwargs["audio_hidden_states"],
+            sigma=kwargs["audio_sigma"] / 1000,
+            timesteps=(kwargs["audio_timestep"] / 1000).view(batch, -1).expand(batch, steps),
+            positions=audio_positions,
+            context=kwargs["audio_encoder_hidden_states"],
+            context_mask=kwargs["audio_encoder_attention_mask"],
+        ),
+        perturbations,
+    )
+
+
+def _max_abs(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> tuple[float, float]:
+    return float((a[0] - b[0]).abs().max()), float((a[1] - b[1]).abs().max())
+
+
+@contextmanager
+def _ltx_core_from(source: str) -> Iterator[ModuleType]:
+    """`import ltx_core` from the folder `source` while the block runs; the installed package's modules are
+    put back after it."""
+
+    def is_ltx_core(name: str) -> bool:
+        return name == "ltx_core" or name.startswith("ltx_core.")
+
+    saved = {name: sys.modules.pop(name) for name in list(sys.modules) if is_ltx_core(name)}
+    sys.path.insert(0, source)
+    importlib.invalidate_caches()
+    try:
+        module = importlib.import_module("ltx_core")
+        assert Path(module.__file__).resolve().is_relative_to(Path(source).resolve()), module.__file__
+        yield module
+    finally:
+        for name in [name for name in sys.modules if is_ltx_core(name)]:
+            del sys.modules[name]
+        sys.path.remove(source)
+        sys.modules.update(saved)
+        importlib.invalidate_caches()
+
+
+def test_hooked_2_3_transformer_matches_ltx_core_with_the_fixed_av_cross_attention_timesteps(
+    tmp_path: Path,
+) -> None:
+    """Video at sigma 0.2 with a clean first frame (per-token timestep 0), audio at sigma 0.8: our 2.3
+    transformer with the family's hook == ltx-core's transformer whose A/V cross-attention AdaLN inputs are
+    prepared by the fixed rule of ltx-core >= 1.1.4 (ltx-core 1.0.0's preprocessor patched to it, see
+    `_fixed_rule_preprocessor`). Without the hook, diffusers' wiring differs either way it is asked; its
+    `use_cross_timestep=True` is ltx-core 1.0.0's old rule."""
+    pytest.importorskip("ltx_core", reason="ltx-core not installed (pip install --no-deps ltx-core==1.0.0)")
+    dit = _ltx_core_dit()
+    model = _diffusers_twin(dit, tmp_path).eval()
+    kwargs = _transformer_kwargs(sigma=0.2, audio_sigma=0.8, first_frame=True)
+    with torch.no_grad():
+        with _fixed_rule(dit):
+            expected = _ltx_core_forward(dit, kwargs)
+        old_rule = _ltx_core_forward(dit, kwargs)  # the installed ltx-core, as it is
+        unhooked = {flag: model(**{**kwargs, "use_cross_timestep": flag}) for flag in (True, False)}
+        apply_av_cross_timesteps(model)
+        ours = {flag: model(**{**kwargs, "use_cross_timestep": flag}) for flag in (True, False)}
+    for flag in (True, False):
+        torch.testing.assert_close(ours[flag][0], expected[0], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(ours[flag][1], expected[1], atol=1e-4, rtol=1e-4)
+        assert min(_max_abs(unhooked[flag], expected)) > 1e-2, flag
+    if not _has_fixed_rule():  # ltx-core 1.0.0: the old rule is diffusers' use_cross_timestep=True
+        torch.testing.assert_close(unhooked[True][0], old_rule[0], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(unhooked[True][1], old_rule[1], atol=1e-4, rtol=1e-4)
+    video, audio = _max_abs(ours[True], unhooked[True])
+    scale = _max_abs(ours[True], tuple(torch.zeros_like(x) for x in ours[True]))
+    print(
+        f"fixed vs old (use_cross_timestep=True) A/V cross-attention timesteps, tiny 2.3: max |diff| video "
+        f"{video:.4f} (outputs up to {scale[0]:.3f}), audio {audio:.4f} (outputs up to {scale[1]:.3f}); "
+        f"vs fixed ltx-core: {max(_max_abs(ours[True], expected)):.2e}"
+    )
+
+
+def test_fixed_and_old_av_cross_attention_timesteps_agree_on_one_sigma_without_conditioning() -> None:
+    """Both streams at one sigma, no clean token: own timesteps == the other stream's sigma, so the hook
+    changes nothing (either use_cross_timestep); a clean first frame alone is enough to tell them apart."""
+    model = _randomized(tiny.tiny_components(version="2.3")["transformer"]).eval()
+    shared = _transformer_kwargs(sigma=0.6, audio_sigma=0.6, first_frame=False)
+    conditioned = _transformer_kwargs(sigma=0.6, audio_sigma=0.6, first_frame=True)
+    with torch.no_grad():
+        before = {flag: model(**{**shared, "use_cross_timestep": flag}) for flag in (True, False)}
+        plain_i2v = model(**conditioned)
+        apply_av_cross_timesteps(model)
+        after = {flag: model(**{**shared, "use_cross_timestep": flag}) for flag in (True, False)}
+        hooked_i2v = model(**conditioned)
+    for flag in (True, False):  # per-token vs per-sample AdaLN inputs: the same values, rounding apart
+        for a, b in ((after[flag], before[True]), (before[flag], before[True])):
+            torch.testing.assert_close(a[0], b[0], atol=1e-6, rtol=1e-6)
+            torch.testing.assert_close(a[1], b[1], atol=1e-6, rtol=1e-6)
+    assert min(_max_abs(hooked_i2v, plain_i2v)) > 1e-3
+
+
+def test_av_cross_timesteps_hook_survives_lora_checkpointing_ddp_and_validation(tmp_path: Path) -> None:
+    """The family hooks a 2.3 transformer when it loads it (once, however often asked) and not a 2.0 one;
+    the hooked model keeps the fixed rule under LoRA, gradient checkpointing and DDP (a one-process gloo
+    group) and through build_pipeline; removing the hook brings diffusers' wiring back."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    assert not has_av_cross_timesteps(_family("tiny").load_transformer(torch.float32))
+    family = _family()
+    model = family.load_transformer(torch.float32)
+    assert has_av_cross_timesteps(model)
+    _randomized(model)
+    apply_av_cross_timesteps(model)  # again: nothing added
+    for name in ADALN_MODULES:
+        assert getattr(model, name)._diffusers_hook._hook_order == [HOOK_NAME]
+    model.requires_grad_(False)
+    model.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.1)
+    kwargs = _transformer_kwargs(sigma=0.2, audio_sigma=0.8, first_frame=True)
+    with torch.no_grad():
+        reference = model(**kwargs)  # hooked, LoRA, no checkpointing, no wrapper
+    apply_gradient_checkpointing(model, 1)
+    model.train()
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        wrapped = DistributedDataParallel(model)
+        output = wrapped(**kwargs)
+        (output[0].square().mean() + output[1].square().mean()).backward()
+    finally:
+        dist.destroy_process_group()
+    torch.testing.assert_close(output[0], reference[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(output[1], reference[1], atol=1e-5, rtol=1e-5)
+    assert all(p.grad is not None for n, p in model.named_parameters() if "lora_" in n)
+    family.max_sequence_length = 256
+    apply_av_cross_timesteps(wrapped)  # through the wrapper: the same model, already hooked
+    pipe = family.build_pipeline(model, family.load_vae(torch.float32), family.load_scheduler())
+    assert pipe.transformer is model and model._diffusers_hook._hook_order == [HOOK_NAME]
+    model.eval()
+    remove_av_cross_timesteps(model)
+    assert not has_av_cross_timesteps(model)
+    with torch.no_grad():
+        assert min(_max_abs(model(**kwargs), reference)) > 1e-3
+
+
+def test_real_fixed_ltx_core_matches_the_hooked_2_3_transformer(tmp_path: Path) -> None:
+    """Against the fixed ltx-core itself: LTX_CORE_SRC names the `packages/ltx-core/src` folder of an ltx-core
+    >= 1.1.4 checkout (the A/V cross-attention fix), imported for this test instead of the installed 1.0.0."""
+    source = os.environ.get("LTX_CORE_SRC")
+    if not source:
+        pytest.skip(
+            "LTX_CORE_SRC is not set (the packages/ltx-core/src folder of an ltx-core >= 1.1.4 checkout)"
+        )
+    pyproject = Path(source).parent / "pyproject.toml"
+    version = (
+        next(
+            (line.split('"')[1] for line in pyproject.read_text().splitlines() if line.startswith("version")),
+            "?",
+        )
+        if pyproject.exists()
+        else "?"
+    )
+    kwargs = _transformer_kwargs(sigma=0.2, audio_sigma=0.8, first_frame=True)
+    with _ltx_core_from(source):
+        assert _has_fixed_rule(), f"ltx-core {version} at {source} still has the old A/V timestep wiring"
+        dit = _ltx_core_dit()
+        model = _diffusers_twin(dit, tmp_path).eval()
+        with torch.no_grad():
+            expected = _ltx_core_forward(dit, kwargs)
+            unhooked = model(**kwargs)
+            ours = apply_av_cross_timesteps(model)(**kwargs)
+    assert min(_max_abs(unhooked, expected)) > 1e-2  # diffusers' 2.3 default is not what ltx-core computes
+    video, audio = _max_abs(ours, expected)
+    print(
+        f"hooked tiny 2.3 vs ltx-core {version} ({source}): max |diff| video {video:.2e}, audio {audio:.2e}"
+    )
+    torch.testing.assert_close(ours[0], expected[0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ours[1], expected[1], atol=1e-4, rtol=1e-4)
+
+
 def test_ltx_core_2_3_text_stack_and_transformer_match_the_family_training_inputs(tmp_path: Path) -> None:
     """Gemma states -> our cache -> the family's training inputs -> diffusers == ltx-core's feature extractor,
     connectors and transformer, with video and audio at different sigmas and a clean first frame (prompt
-    AdaLN on each stream's sigma, A/V cross-attention on the other stream's)."""
+    AdaLN on each stream's sigma; A/V cross-attention scale/shift on each stream's own timesteps, gates on the
+    other stream's sigma: ltx-core 1.0.0 patched to the fixed rule of >= 1.1.4, `_fixed_rule_preprocessor`).
+    The transformer the family loads is hooked to that rule; loaded without the family, it is not and
+    differs."""
     path, ref = _ltx_core_file(tmp_path)
     from ltx_core.components.patchifiers import AudioPatchifier, VideoLatentPatchifier, get_pixel_coords
     from ltx_core.guidance.perturbations import BatchedPerturbationConfig
@@ -225,32 +553,34 @@ def test_ltx_core_2_3_text_stack_and_transformer_match_the_family_training_input
         )
         torch.testing.assert_close(kwargs["encoder_hidden_states"], video_ctx, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(kwargs["audio_encoder_hidden_states"], audio_ctx, atol=1e-5, rtol=1e-5)
-        expected = ref["dit"](
-            Modality(
-                latent=kwargs["hidden_states"],
-                sigma=sigma,
-                timesteps=kwargs["timestep"] / 1000,  # per token: 0 on the clean first frame
-                positions=positions,
-                context=video_ctx,
-                context_mask=ctx_mask,
-            ),
-            Modality(
-                latent=kwargs["audio_hidden_states"],
-                sigma=audio.sigmas,
-                timesteps=audio.sigmas.expand(1, steps),
-                positions=audio_positions,
-                context=audio_ctx,
-                context_mask=ctx_mask,
-            ),
-            BatchedPerturbationConfig.empty(1),
-        )
+        with _fixed_rule(ref["dit"]):
+            expected = ref["dit"](
+                Modality(
+                    latent=kwargs["hidden_states"],
+                    sigma=sigma,
+                    timesteps=kwargs["timestep"] / 1000,  # per token: 0 on the clean first frame
+                    positions=positions,
+                    context=video_ctx,
+                    context_mask=ctx_mask,
+                ),
+                Modality(
+                    latent=kwargs["audio_hidden_states"],
+                    sigma=audio.sigmas,
+                    timesteps=audio.sigmas.expand(1, steps),
+                    positions=audio_positions,
+                    context=audio_ctx,
+                    context_mask=ctx_mask,
+                ),
+                BatchedPerturbationConfig.empty(1),
+            )
         ours = model(**kwargs)
+        plain = load_component(path, "transformer", LTX2VideoTransformer3DModel)  # not through the family
+        unhooked = {flag: plain(**{**kwargs, "use_cross_timestep": flag}) for flag in (True, False)}
+    assert has_av_cross_timesteps(model) and not has_av_cross_timesteps(plain)
     torch.testing.assert_close(ours[0], expected[0], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(ours[1], expected[1], atol=1e-4, rtol=1e-4)
-    # the LTX-2.0 wiring (each stream's own timestep for the A/V modulation) would not match 2.3's reference
-    with torch.no_grad():
-        legacy = model(**{**kwargs, "use_cross_timestep": False})
-    assert not torch.allclose(legacy[0], expected[0], atol=1e-3)
+    for flag, outputs in unhooked.items():  # neither of diffusers' own wirings is the fixed rule
+        assert not torch.allclose(outputs[0], expected[0], atol=1e-3), flag
 
 
 def test_ltx_core_2_3_video_vae_and_bwe_vocoder_match(tmp_path: Path) -> None:
@@ -383,9 +713,11 @@ def test_training_steps_on_tiny_2_3_with_audio_change_the_lora() -> None:
 def test_validation_generates_48khz_audio_with_the_2_3_pipeline() -> None:
     family = _family()
     family.max_sequence_length = 256
-    transformer = family.load_transformer(torch.float32)
+    transformer = tiny.tiny_components(version="2.3")["transformer"]  # not loaded by the family: not hooked
+    assert not has_av_cross_timesteps(transformer)
     vae, scheduler = family.load_vae(torch.float32), family.load_scheduler()
     pipe = family.build_pipeline(transformer, vae, scheduler)
+    assert has_av_cross_timesteps(pipe.transformer)  # samples with ltx-core's A/V cross-attention timesteps
     assert isinstance(pipe.vocoder, LTX2VocoderWithBWE)
     assert family.pipeline_call_kwargs(24.0)["use_cross_timestep"]
     positive, negative = {PROJ_KEY: torch.randn(5, 24)}, {PROJ_KEY: torch.randn(2, 24)}
@@ -530,7 +862,9 @@ def test_cli_trains_validates_and_exports_ltx_2_3_from_the_combined_file(tmp_pat
     texts = list(Path("cache/text").rglob("*.safetensors"))
     assert texts and {load_file(str(t))[PROJ_KEY].shape[1] for t in texts} == {16 + 8}
     entry = load_file(str(next(Path("cache/vae").rglob("*.safetensors"))))
-    assert entry["audio_latents"].shape == (9, 32)  # 9 frames at 25 fps -> 9 audio steps
+    # 9 frames at 25 fps: 5760 samples, 37 mel frames, ceil(37 / 4) = 10 steps from the audio VAE, all kept
+    # (the pipeline generates round(0.36 s x 25) = 9 for such a clip)
+    assert entry["audio_latents"].shape == (10, 32) and bool(entry["audio_mask"].all())
     lines = Path("output/metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [1, 2]
     (video,) = sorted(Path("output/validation").rglob("*.mp4"))

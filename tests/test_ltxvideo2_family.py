@@ -16,6 +16,7 @@ from cinetune.config import TrainConfig
 from cinetune.export.lora import COMFYUI_FILE, DIFFUSERS_FILE, save_diffusers_lora
 from cinetune.models.ltxvideo.family import pack_latents
 from cinetune.models.ltxvideo2 import tiny
+from cinetune.models.ltxvideo2.av_timesteps import has_av_cross_timesteps
 from cinetune.models.ltxvideo2.family import AudioInputs, LTX2Family
 from cinetune.models.ltxvideo2.flow import first_frame_mask, stretched_logit_normal
 from cinetune.models.ltxvideo2.text import PROJ_KEY, run_connectors
@@ -115,6 +116,17 @@ def test_inputs_prescale_timesteps_and_condition_the_first_frame() -> None:
     assert not joint.kwargs["isolate_modalities"] and joint.kwargs["audio_num_frames"] == 5
     torch.testing.assert_close(joint.kwargs["audio_timestep"], torch.tensor([100.0, 900.0]))
     torch.testing.assert_close(joint.kwargs["timestep"], torch.tensor([250.0, 750.0]))
+
+
+def test_ltx_2_0_keeps_each_streams_own_cross_attention_timesteps(tiny_ltx2_dir: Path) -> None:
+    """LTX-2.0 was trained with each stream's own timesteps for the A/V cross-attention modulation: no hook
+    in training or validation, `use_cross_timestep=False` in both."""
+    family = _family(tiny_ltx2_dir)
+    transformer = family.load_transformer(torch.float32)
+    assert not family.ltx2_3 and not has_av_cross_timesteps(transformer)
+    family.build_pipeline(transformer, family.load_vae(torch.float32), family.load_scheduler())
+    assert not has_av_cross_timesteps(transformer)
+    assert family.pipeline_call_kwargs(24.0)["use_cross_timestep"] is False
 
 
 def test_sigma_sampler_is_the_stretched_shifted_logit_normal() -> None:

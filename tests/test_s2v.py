@@ -138,14 +138,16 @@ def test_linked_audio_is_aligned_encoded_and_keyed(tmp_path: Path) -> None:
     entry_tensors = family._audio_entry(audio_vae, sample, 0)
     start = sample.window_starts[0] / 24
     expected = extract_audio(sound, start, 17 / 24, 16000, 2)
-    steps = audio_latents.latent_steps(17, 24.0, audio_vae)
+    # 17 frames at 24 fps: 11333 samples, 71 mel frames, ceil(71 / 4) = 18 steps, every one the VAE gives
+    assert entry_tensors["audio_latents"].shape == (18, 32) == (audio_latents.latent_steps(17, 24.0), 32)
     torch.testing.assert_close(
-        entry_tensors["audio_latents"], audio_latents.encode_audio(audio_vae, expected.samples, steps)
+        entry_tensors["audio_latents"], audio_latents.encode_audio(audio_vae, expected.samples)
     )
     assert bool(entry_tensors["audio_mask"].all())
     # an edited audio file changes the latent cache key; the clip's own file does not stand in for it
     key = family.latent_key_fields(sample)
     assert key["audio_file"][0] == str(sound)
+    assert key["audio_steps"] == "vae"  # entries cut to the pipeline's length (before) are not reused
     os.utime(sound, ns=(sample.audio.mtime_ns + 10**9,) * 2)
     (edited,) = scan_datasets(data.datasets, family.frame_rule, 24.0, 0, SkipReport())
     assert family.latent_key_fields(edited) != key
@@ -199,9 +201,11 @@ def test_cli_trains_on_linked_audio_and_validates_s2v(tmp_path: Path, monkeypatc
     assert main(["train", "--config", "config.json"]) == 0
     entries = [load_file(str(p)) for p in Path("cache/vae").rglob("*.safetensors")]
     assert len(entries) == 3  # 3 clips x 1 window; the eval clip only conditions validation
-    for entry in entries:  # 33 frames at 25 fps: 33 audio steps, all from the linked .wav files
-        assert entry["audio_latents"].shape == (33, 32) and bool(entry["audio_mask"].all())
-    silence = audio_latents.encode_audio(tiny.tiny_components()["audio_vae"], np.zeros((2, 21120)), 33)
+    # 33 frames at 25 fps: 21120 samples, 133 mel frames, ceil(133 / 4) = 34 audio steps (the pipeline
+    # generates round(1.32 s x 25) = 33), all from the linked .wav files
+    for entry in entries:
+        assert entry["audio_latents"].shape == (34, 32) and bool(entry["audio_mask"].all())
+    silence = audio_latents.encode_audio(tiny.tiny_components()["audio_vae"], np.zeros((2, 21120)))
     assert all(not torch.allclose(entry["audio_latents"], silence, atol=1e-3) for entry in entries)
     (video,) = Path("output/validation").rglob("*.mp4")
     import av

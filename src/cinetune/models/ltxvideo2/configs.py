@@ -251,9 +251,8 @@ def transformer_config(meta: dict[str, Any] | None, shapes: Shapes) -> dict[str,
 
 
 def is_ltx2_3(transformer: dict[str, Any]) -> bool:
-    """An LTX-2.3 transformer config: text cross-attention modulated by sigma (prompt AdaLN). Such a model was
-    trained, and is sampled, with the A/V cross-attention modulated by the other stream's sigma
-    (`use_cross_timestep=True`)."""
+    """An LTX-2.3 transformer config: text cross-attention modulated by sigma (prompt AdaLN). Such a model
+    gates its A/V cross-attention on the other stream's sigma (av_timesteps.py)."""
     return bool(transformer.get("cross_attn_mod") or transformer.get("audio_cross_attn_mod"))
 
 

@@ -9,9 +9,11 @@ passed to the transformer as 1000 sigma; sigmas from the LTX-2 trainer's stretch
 modality with mu of its own token count (flow.py); loss = video + audio, each masked, per sample; first-frame
 conditioning: clean first-frame tokens, timestep 0, no loss. LTX-2.0 cross-attention timesteps are each
 stream's own (`use_cross_timestep=False`), as the released model was trained. LTX-2.3 (the same objective
-and sigma sampling in the LTX-2 trainer) takes each stream's sigma for its prompt AdaLN and the other
-stream's sigma for the A/V cross-attention modulation (`use_cross_timestep=True`, ltx-core 1.0.0's
-`cross_modality.sigma`); its text cache holds the per-modality projections (text.py).
+and sigma sampling in the LTX-2 trainer) takes each stream's sigma for its prompt AdaLN; its A/V
+cross-attention scale/shift take the stream's own per-token timesteps and the gates the other stream's sigma,
+as ltx-core computes them since 1.1.4 (av_timesteps.py, hooked on the transformer when it is loaded for
+training and when validation builds its pipeline); its text cache holds the per-modality projections
+(text.py).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from cinetune.models.base import Flavour, FrameRule, GeneratedVideo, ModelFamily
 from cinetune.models.ltxvideo.family import ltx_mu, pack_latents
 from cinetune.models.ltxvideo2 import audio_latents, configs, pipelines, tiny
 from cinetune.models.ltxvideo2 import text as text_module
+from cinetune.models.ltxvideo2.av_timesteps import apply_av_cross_timesteps
 from cinetune.models.ltxvideo2.checkpoint import (
     DEFAULT_CHECKPOINT,
     LTX2_3_CHECKPOINT,
@@ -244,8 +247,8 @@ class LTX2Family(ModelFamily):
     # ---- loading -------------------------------------------------------------------------------------------
     @property
     def ltx2_3(self) -> bool:
-        """LTX-2.3 (prompt AdaLN, trained with the A/V cross-attention modulated by the other stream's sigma):
-        as the loaded transformer's config says (a 2.3 file works under any flavour), else the flavour's."""
+        """LTX-2.3 (prompt AdaLN, A/V cross-attention gates on the other stream's sigma): as the loaded
+        transformer's config says (a 2.3 file works under any flavour), else the flavour's."""
         if self._ltx2_3 is not None:
             return self._ltx2_3
         return configs.is_ltx2_3(self.flavours[self.loader.flavour].extra.get("transformer_config", {}))
@@ -270,9 +273,13 @@ class LTX2Family(ModelFamily):
         return self._load(AutoencoderKLLTX2Audio, "audio_vae", dtype)
 
     def load_transformer(self, dtype: torch.dtype) -> torch.nn.Module:
+        """The transformer; an LTX-2.3 one hooked to ltx-core's A/V cross-attention timesteps
+        (av_timesteps.py) before LoRA, checkpointing or DDP wrap it."""
         model = self._load(LTX2VideoTransformer3DModel, "transformer", dtype)
         self.audio_in_channels = model.config.audio_in_channels
         self._ltx2_3 = configs.is_ltx2_3(model.config)
+        if self._ltx2_3:
+            apply_av_cross_timesteps(model)
         return model
 
     def load_scheduler(self) -> FlowMatchEulerDiscreteScheduler:
@@ -346,24 +353,23 @@ class LTX2Family(ModelFamily):
         return tensors
 
     def _audio_entry(self, audio_vae: torch.nn.Module, sample: Any, window: int) -> dict[str, torch.Tensor]:
-        """Audio tokens of the window and their loss mask. A clip without audio (a dataset without an `audio`
-        block, or allow_zero_audio and no track / no s2v file) gets the VAE's encoding of silence with the
-        loss masked out."""
+        """Audio tokens of the window (every step the audio VAE gives: ceil(mel_frames / 4), as the LTX-2
+        trainer caches them) and their loss mask. A clip without audio (a dataset without an `audio` block, or
+        allow_zero_audio and no track / no s2v file) gets the VAE's encoding of silence with the loss masked
+        out."""
         from cinetune.data.audio import extract_audio
 
         frames, fps = sample.bucket.num_frames, sample.frame_rate
         rate = audio_vae.config.sample_rate
-        steps = audio_latents.latent_steps(frames, fps, audio_vae)
         options = self.audio_options.get(sample.dataset_id)
         span = None
         if options is not None and sample.audio is not None:  # its own track or its s2v dataset's file
             start = sample.window_starts[window] / fps
             span = extract_audio(sample.audio.path, start, frames / fps, rate, options.channels)
-        wave = span.samples if span is not None else np.zeros((2, round(frames / fps * rate)), np.float32)
-        return {
-            "audio_latents": audio_latents.encode_audio(audio_vae, wave, steps),
-            "audio_mask": audio_latents.token_mask(span, steps),
-        }
+        samples = audio_latents.window_samples(frames, fps, rate)
+        wave = span.samples if span is not None else np.zeros((2, samples), np.float32)
+        tokens = audio_latents.encode_audio(audio_vae, wave)
+        return {"audio_latents": tokens, "audio_mask": audio_latents.token_mask(span, tokens.shape[0])}
 
     def component_identity(self, kind: str) -> str:
         """The text cache also depends on the connectors' input projection, which ships with the
@@ -379,6 +385,8 @@ class LTX2Family(ModelFamily):
         fields = {
             "audio": options.model_dump() if options is not None else None,
             "audio_vae": self.loader.identity("audio_vae"),
+            # entries hold every step the VAE gives (earlier ones were cut to the pipeline's length)
+            "audio_steps": "vae",
         }
         source = sample.audio
         if source is not None and source.path != sample.path:  # an s2v file: its version counts too
@@ -395,11 +403,12 @@ class LTX2Family(ModelFamily):
         self, config: dict[str, Any], width: int, height: int, num_frames: int, frame_rate: float = 25.0
     ) -> dict[str, torch.Tensor]:
         """What `encode_sample` caches for one clip: latents and latents_std (C, F', H', W'), and with audio
-        (a dataset with an `audio` block) audio_latents (round(seconds * 25), audio_in_channels) and a full
-        audio_mask; without audio the audio stream runs as the 1-token isolated stub, as in training."""
+        (a dataset with an `audio` block) audio_latents (the audio VAE's ceil(mel_frames / 4) steps,
+        audio_in_channels) and a full audio_mask; without audio the audio stream runs as the 1-token isolated
+        stub, as in training."""
         tensors = super().synthetic_latents(config, width, height, num_frames, frame_rate)
         if self.with_audio:
-            steps = round(num_frames / frame_rate * audio_latents.LATENT_STEPS_PER_SECOND)
+            steps = audio_latents.latent_steps(num_frames, frame_rate)
             tensors["audio_latents"] = torch.randn(steps, config["audio_in_channels"])
             tensors["audio_mask"] = torch.ones(steps)
         return tensors
@@ -465,6 +474,8 @@ class LTX2Family(ModelFamily):
             "fps": frame_rate,
             "audio_num_frames": audio_in.shape[1],
             "isolate_modalities": audio is None,
+            # 2.0: each stream's own timesteps. 2.3: the transformer's hook (load_transformer) replaces what
+            # this selects by ltx-core's rule; True is diffusers' 2.3 default, kept for an unhooked model.
             "use_cross_timestep": self.ltx2_3,
             "return_dict": False,
         }
@@ -519,9 +530,12 @@ class LTX2Family(ModelFamily):
         self, transformer: torch.nn.Module, vae: torch.nn.Module, scheduler: Any
     ) -> LTX2Pipeline:
         """T2V pipeline without Gemma; the audio VAE, vocoder and connectors join the VAE's device and
-        dtype."""
+        dtype. An LTX-2.3 transformer samples with ltx-core's A/V cross-attention timesteps (hooked here if
+        it was not loaded by `load_transformer`)."""
         param = next(vae.parameters())
         self._ltx2_3 = configs.is_ltx2_3(getattr(transformer, "module", transformer).config)
+        if self._ltx2_3:
+            apply_av_cross_timesteps(transformer)
         self._parts = {
             "transformer": transformer,
             "vae": vae,

@@ -25,9 +25,10 @@ from diffusers import LTX2ImageToVideoPipeline, LTX2Pipeline
 from cinetune.models.ltxvideo2.text import PROJ_KEY, run_connectors
 
 # Validation samples with plain classifier-free guidance: no STG / modality guidance / rescale (the 2.3
-# defaults of diffusers' pipeline, each one more transformer pass per step). Cross-attention timesteps as each
-# release was trained: LTX-2.0 each stream's own, LTX-2.3 the other stream's sigma (diffusers' and ltx-core's
-# 2.3 sampling).
+# defaults of diffusers' pipeline, each one more transformer pass per step). Cross-attention timesteps:
+# LTX-2.0 each stream's own, as it was trained; LTX-2.3 passes diffusers' 2.3 default (True), which the
+# family's hook (av_timesteps.py) overrides with ltx-core's rule: scale/shift the stream's own timesteps,
+# gates the other stream's sigma.
 LTX2_0_CALL = {
     "use_cross_timestep": False,
     "stg_scale": 0.0,

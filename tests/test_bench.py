@@ -137,8 +137,9 @@ def test_bench_ltxvideo2_trains_audio_with_an_audio_block(tmp_path: Path, capsys
     both = _bench(tmp_path, "av", "--audio", family="ltxvideo2")
     out = capsys.readouterr().out
     assert video["audio_tokens_per_sample"] == 0 and not video["settings"]["audio"]
-    # 9 frames at 25 fps: round(0.36 s x 25) = 9 audio tokens, trained jointly with all attention's LoRA
-    assert both["audio_tokens_per_sample"] == 9 and both["settings"]["audio"] and "+ 9 audio tokens" in out
+    # 9 frames at 25 fps: 0.36 s = 5760 samples -> 1 + 5760 // 160 = 37 mel frames -> ceil(37 / 4) = 10 audio
+    # tokens (every step the audio VAE gives, as the official trainer caches), trained with all attention LoRA
+    assert both["audio_tokens_per_sample"] == 10 and both["settings"]["audio"] and "+ 10 audio tokens" in out
     assert both["params_trainable"] > video["params_trainable"]  # audio / cross-modal attention LoRA too
     assert both["flops_per_step"] > video["flops_per_step"]
     # a config whose dataset file has an audio block benches the same way
@@ -154,13 +155,13 @@ def test_bench_ltxvideo2_trains_audio_with_an_audio_block(tmp_path: Path, capsys
     args = ["bench", "--config", str(tmp_path / "config.json"), "--resolution", "64x64", "--frames", "9"]
     args += ["--steps", "1", "--warmup", "0", "--json", str(tmp_path / "cfg.json"), "--mixed_precision=no"]
     assert main(args) == 0
-    assert json.loads((tmp_path / "cfg.json").read_text())["audio_tokens_per_sample"] == 9
+    assert json.loads((tmp_path / "cfg.json").read_text())["audio_tokens_per_sample"] == 10
 
 
 def test_bench_audio_needs_a_family_with_audio(capsys) -> None:
     args = ["bench", "--family", "ltxvideo", "--flavour", "tiny", "--audio", "--resolution", "64x64"]
     assert main([*args, "--frames", "9", "--steps", "1"]) == 2
-    assert "'audio' blocks are not supported yet for the ltxvideo family" in capsys.readouterr().err
+    assert "are not supported yet for the ltxvideo family" in capsys.readouterr().err
 
 
 def test_speed_options_bench_runs_each_variant_and_survives_unusable_backends(tmp_path: Path) -> None:

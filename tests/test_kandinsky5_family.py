@@ -101,15 +101,14 @@ def test_frame_rule_adjusts_down_with_a_warning(caplog: pytest.LogCaptureFixture
     assert "4k+1" in caplog.text
 
 
-def test_loads_from_diffusers_folder_same_as_builtin(k5_dir: Path) -> None:
+def test_folder_tokenizers_vae_scale_and_cache_identity(k5_dir: Path) -> None:
+    """(That the folder's weights equal the built-in tiny model's is checked for every family in
+    tests/families.)"""
     folder, builtin = (
         build_family("kandinsky5-video", "tiny", str(k5_dir)),
         build_family("kandinsky5-video", "tiny", None),
     )
-    a, b = folder.load_transformer(torch.float32), builtin.load_transformer(torch.float32)
-    for (name, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
-        assert torch.equal(p, q), name
-    assert a.config.visual_cond and a.config.in_visual_dim == 16
+    assert folder.load_transformer(torch.float32).config.visual_cond
     (qwen_tok, clip_tok), _ = folder.load_text_encoder(torch.float32)
     assert qwen_tok("a red cat").input_ids == tiny.tiny_qwen_tokenizer()("a red cat").input_ids
     assert clip_tok("a red cat").input_ids[-1] == clip_tok.eos_token_id

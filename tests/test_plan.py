@@ -37,7 +37,12 @@ BAD_CONFIGS: list[tuple[str, dict[str, Any], dict[str, Any], str]] = [
         {},
         "eval_dataset_id 'nope' is not an enabled video or image dataset",
     ),
-    ("audio on LTX-Video", {}, {"audio": {"auto_split": True}}, "'audio' blocks are not supported yet"),
+    (
+        "audio on LTX-Video",
+        {},
+        {"audio": {"auto_split": True}},
+        "'audio' blocks and s2v_datasets (audio training) are not",
+    ),
     ("audio rate LTX-2", _LTX2, {"audio": {"sample_rate": 22050}}, "audio.sample_rate=22050"),
     (
         "I2V one frame",

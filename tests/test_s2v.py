@@ -22,6 +22,7 @@ from cinetune.demo import synthetic_clip
 from cinetune.errors import ConfigError, NotSupportedYet
 from cinetune.models.ltxvideo2 import audio_latents, tiny
 from cinetune.models.registry import build_family
+from cinetune.plan import resolve
 
 
 def _wav(path: Path, samples: np.ndarray, rate: int) -> Path:
@@ -85,7 +86,7 @@ def test_s2v_is_rejected_by_families_without_audio(tmp_path: Path) -> None:
     (tmp_path / "data.json").write_text(json.dumps(_entries({**_VIDEO, "s2v_datasets": "sounds"}, _AUDIO)))
     overrides = {"model_family": "ltxvideo", "data_backend_config": str(tmp_path / "data.json")}
     with pytest.raises(NotSupportedYet, match="s2v_datasets"):
-        load_config(None, overrides)
+        resolve(load_config(None, overrides))
 
 
 def test_clips_pair_with_same_named_audio_files(tmp_path: Path) -> None:

@@ -64,9 +64,6 @@ class BenchResult:
     settings: dict[str, Any]
 
 
-random_transformer = random_module  # the name the LTX-2 family imports (moves to models.base)
-
-
 def synthetic_batch(trainer: Trainer, config: dict[str, Any], size: tuple[int, int], frames: int, batch: int):
     family = trainer.family
     tokens = trainer.max_sequence_length
@@ -124,7 +121,7 @@ def run_bench(
     size = (rule.side_down(size[0]), rule.side_down(size[1]))
     config = family.architecture_config()
     start = time.perf_counter()
-    transformer = random_transformer(family.transformer_class, config, trainer.weight_dtype, device)
+    transformer = random_module(family.transformer_class, config, trainer.weight_dtype, device)
     family.use_random_frozen_modules(device, trainer.weight_dtype)  # e.g. LTX-2's text connectors
     _sync(device)
     build_seconds = time.perf_counter() - start

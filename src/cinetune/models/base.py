@@ -153,8 +153,12 @@ class ModelFamily(ABC):
         build."""
         from cinetune.errors import NotSupportedYet
 
-        if not self.supports_audio and any(getattr(d, "audio", None) for d in data.media):
-            raise NotSupportedYet(f"dataset 'audio' blocks are not supported yet for the {self.name} family")
+        with_audio = [d.id for d in data.media if d.audio is not None]
+        if with_audio and not self.supports_audio:
+            raise NotSupportedYet(
+                f"dataset '{with_audio[0]}': 'audio' blocks and s2v_datasets (audio training) are not "
+                f"supported yet for the {self.name} family; remove them to train on video only"
+            )
 
     def configure(self, cfg: Any) -> dict[str, Any]:
         """Read the per-run options of the train config (once, from `plan.resolve`); reject those the family

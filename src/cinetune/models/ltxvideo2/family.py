@@ -39,7 +39,7 @@ from PIL import Image
 from transformers import AutoTokenizer, Gemma3ForConditionalGeneration
 
 from cinetune.errors import ConfigError, NotSupportedYet
-from cinetune.models.base import Flavour, FrameRule, GeneratedVideo, ModelFamily
+from cinetune.models.base import Flavour, FrameRule, GeneratedVideo, ModelFamily, random_module
 from cinetune.models.ltxvideo.family import ltx_mu, pack_latents
 from cinetune.models.ltxvideo2 import audio_latents, configs, pipelines, tiny
 from cinetune.models.ltxvideo2 import text as text_module
@@ -296,10 +296,8 @@ class LTX2Family(ModelFamily):
     def use_random_frozen_modules(self, device: torch.device, dtype: torch.dtype) -> None:
         """`cinetune bench`: text connectors of the flavour's config with random weights, built on `device`
         (what `connectors` then returns instead of loading them); `cinetune train` never calls this."""
-        from cinetune.benchmark import random_transformer
-
         config = self.flavours[self.loader.flavour].extra["connectors_config"]
-        module = random_transformer(LTX2TextConnectors, config, dtype, device)
+        module = random_module(LTX2TextConnectors, config, dtype, device)
         self._modules["connectors"] = module.requires_grad_(False).eval()
 
     def connectors(self, device: torch.device, dtype: torch.dtype) -> LTX2TextConnectors:

@@ -121,7 +121,9 @@ def run_bench(
     size = (rule.side_down(size[0]), rule.side_down(size[1]))
     config = family.architecture_config()
     start = time.perf_counter()
-    transformer = random_module(family.transformer_class, config, trainer.weight_dtype, device)
+    transformer = family.prepare_transformer(
+        random_module(family.transformer_class, config, trainer.weight_dtype, device)
+    )
     family.use_random_frozen_modules(device, trainer.weight_dtype)  # e.g. LTX-2's text connectors
     _sync(device)
     build_seconds = time.perf_counter() - start

@@ -108,6 +108,8 @@ def _defaults(train: TrainConfig, family: ModelFamily, resolved: dict[str, Any])
 
 
 def _check_attention_backend(name: str) -> None:
+    if name == "native":  # the default: no need to import diffusers to know it
+        return
     from diffusers.models.attention_dispatch import AttentionBackendName
 
     names = [b.value for b in AttentionBackendName]

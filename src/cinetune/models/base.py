@@ -8,6 +8,7 @@ branches on a family name.
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -21,6 +22,27 @@ from cinetune.data.frames import FrameRule
 from cinetune.objectives import ModelInputs, sample_latents, sample_sigmas
 
 logger = logging.getLogger(__name__)
+
+
+def library_class(path: str) -> type:
+    """'diffusers.LTXPipeline' -> the class, imported now (family modules name their diffusers and
+    transformers classes this way so that reading a family's spec imports no model code)."""
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+class LibraryClass:
+    """A class attribute that names a library class ('diffusers.LTXPipeline') and imports it on first access.
+
+    `cinetune check` reads a family's flavours, frame rule and options; diffusers' model packages take
+    seconds to import, and only loading, training and validation need them.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __get__(self, obj: Any, owner: type | None = None) -> type:
+        return library_class(self.path)
 
 
 def random_module(cls: type, config: dict[str, Any], dtype: torch.dtype, device: torch.device) -> Any:
@@ -120,6 +142,11 @@ class ModelFamily(ABC):
         model = getattr(model, "module", model)
         names = cls.transformer_blocks if which is None else (which,)
         return [block for name in names for block in getattr(model, name)]
+
+    def prepare_transformer(self, model: torch.nn.Module) -> torch.nn.Module:
+        """What the family does to every transformer it trains, loaded or built by `cinetune bench` (hooks
+        that fix its inputs, facts read from its config); nothing by default. `load_transformer` calls it."""
+        return model
 
     def lora_targets(self) -> list[str]:
         """LoRA target modules when lora_target_modules is unset (may depend on `configure`)."""

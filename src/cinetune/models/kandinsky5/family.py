@@ -17,20 +17,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from diffusers import (
-    AutoencoderKLHunyuanVideo,
-    FlowMatchEulerDiscreteScheduler,
-    Kandinsky5I2VPipeline,
-    Kandinsky5T2VPipeline,
-    Kandinsky5Transformer3DModel,
-)
 from PIL import Image
-from transformers import AutoTokenizer, CLIPTextModel, CLIPTokenizer, Qwen2_5_VLForConditionalGeneration
 
 from cinetune.data import fit_image
 from cinetune.errors import ConfigError
-from cinetune.models.base import Flavour, FrameRule, GeneratedVideo, ModelFamily
-from cinetune.models.kandinsky5 import tiny
+from cinetune.models.base import Flavour, FrameRule, GeneratedVideo, LibraryClass, ModelFamily, library_class
+from cinetune.models.kandinsky5.configs import TINY_TRANSFORMER_CONFIG
 from cinetune.models.kandinsky5.inputs import (
     ROPE_SCALE_HD,
     ROPE_SCALE_SD,
@@ -41,7 +33,6 @@ from cinetune.models.kandinsky5.inputs import (
     visual_input,
     visual_rope_positions,
 )
-from cinetune.models.kandinsky5.vae_memory import enable_patch_conv
 from cinetune.models.loading import ComponentLoader
 from cinetune.objectives import LossStream, ModelInputs, sample_latents, sample_sigmas, shift_sigmas
 
@@ -145,7 +136,7 @@ _FLAVOURS = [
         "tiny",
         None,
         "Tiny random text-to-video model built in memory (tests)",
-        tiny.TINY_TRANSFORMER_CONFIG,
+        TINY_TRANSFORMER_CONFIG,
         _SD,
     ),
     _flavour(
@@ -153,7 +144,7 @@ _FLAVOURS = [
         None,
         "Tiny random image-to-video model built in memory (tests); "
         "cinetune.models.kandinsky5.tiny.save_tiny_checkpoint(folder, i2v=True) writes it as a folder",
-        tiny.TINY_TRANSFORMER_CONFIG,
+        TINY_TRANSFORMER_CONFIG,
         _SD,
         i2v=True,
     ),
@@ -187,8 +178,8 @@ class Kandinsky5VideoFamily(ModelFamily):
     )
     default_max_sequence_length: ClassVar[int] = 512
     default_frame_rate: ClassVar[float] = 24.0
-    pipeline_class: ClassVar[type] = Kandinsky5T2VPipeline
-    transformer_class: ClassVar[type] = Kandinsky5Transformer3DModel
+    pipeline_class: ClassVar[type] = LibraryClass("diffusers.Kandinsky5T2VPipeline")
+    transformer_class: ClassVar[type] = LibraryClass("diffusers.Kandinsky5Transformer3DModel")
     latent_compression: ClassVar[tuple[int, int]] = (4, 8)
     transformer_blocks: ClassVar[tuple[str, ...]] = ("text_transformer_blocks", "visual_transformer_blocks")
     video_blocks: ClassVar[str] = "visual_transformer_blocks"
@@ -283,17 +274,26 @@ class Kandinsky5VideoFamily(ModelFamily):
 
     # ---- loading -------------------------------------------------------------------------------------------
     def tiny_components(self) -> dict[str, Any]:
+        from cinetune.models.kandinsky5 import tiny
+
         return tiny.tiny_components()
 
     def load_text_encoder(self, dtype: torch.dtype) -> tuple[Any, torch.nn.Module]:
         """((Qwen tokenizer, CLIP tokenizer), TextEncoders). The hub's Qwen2VLProcessor folder holds the
         tokenizer the processor calls for text, so the tokenizer alone is loaded."""
         if self.loader.is_builtin_tiny:
-            parts = tiny.tiny_components()
+            parts = self.tiny_components()
             qwen, clip = parts["text_encoder"], parts["text_encoder_2"]
             tokenizers = (parts["tokenizer"], parts["tokenizer_2"])
             encoders = TextEncoders(qwen, clip)
             return tokenizers, encoders if dtype == torch.float32 else encoders.to(dtype)
+        from transformers import (
+            AutoTokenizer,
+            CLIPTextModel,
+            CLIPTokenizer,
+            Qwen2_5_VLForConditionalGeneration,
+        )
+
         tokenizers = (
             self.loader.load(AutoTokenizer, "tokenizer"),
             self.loader.load(CLIPTokenizer, "tokenizer_2"),
@@ -303,18 +303,20 @@ class Kandinsky5VideoFamily(ModelFamily):
         return tokenizers, TextEncoders(qwen, clip)
 
     def load_vae(self, dtype: torch.dtype) -> torch.nn.Module:
-        vae = self.load_part(AutoencoderKLHunyuanVideo, "vae", dtype)
+        vae = self.load_part(library_class("diffusers.AutoencoderKLHunyuanVideo"), "vae", dtype)
         if self.vae_patch_conv:
+            from cinetune.models.kandinsky5.vae_memory import enable_patch_conv
+
             enable_patch_conv(vae)
         if self.vae_tiling:
             vae.enable_tiling()
         return vae
 
     def load_transformer(self, dtype: torch.dtype) -> torch.nn.Module:
-        return self.load_part(Kandinsky5Transformer3DModel, "transformer", dtype)
+        return self.load_part(self.transformer_class, "transformer", dtype)
 
-    def load_scheduler(self) -> FlowMatchEulerDiscreteScheduler:
-        return self.load_part(FlowMatchEulerDiscreteScheduler, "scheduler")
+    def load_scheduler(self) -> Any:
+        return self.load_part(library_class("diffusers.FlowMatchEulerDiscreteScheduler"), "scheduler")
 
     # ---- encoding (used by the caches) ---------------------------------------------------------------------
     @torch.no_grad()
@@ -327,7 +329,7 @@ class Kandinsky5VideoFamily(ModelFamily):
         its transformer has no text mask either, so batching would change what a caption's tokens see.
         """
         qwen_tokenizer, clip_tokenizer = tokenizer
-        pipe = Kandinsky5T2VPipeline(
+        pipe = self.pipeline_class(
             transformer=None,
             vae=None,
             text_encoder=text_encoder.qwen,
@@ -470,7 +472,8 @@ class Kandinsky5VideoFamily(ModelFamily):
     def build_pipeline(self, transformer: torch.nn.Module, vae: torch.nn.Module, scheduler: Any) -> Any:
         """A pipeline without text encoders: validation passes cached prompt embeddings. Its RoPE scale factor
         is the flavour's constant, as in training (see `use_rope_scale_factor`)."""
-        pipeline_class = Kandinsky5I2VPipeline if self.conditions_on_image else Kandinsky5T2VPipeline
+        name = "Kandinsky5I2VPipeline" if self.conditions_on_image else "Kandinsky5T2VPipeline"
+        pipeline_class = library_class(f"diffusers.{name}")
         pipe = pipeline_class(
             transformer=transformer,
             vae=vae,
@@ -541,7 +544,7 @@ class Kandinsky5VideoFamily(ModelFamily):
             )
             common["num_frames"] = _I2V_MIN_FRAMES
         if image is None:
-            t2v = self.use_rope_scale_factor(Kandinsky5T2VPipeline(**pipe.components))
+            t2v = self.use_rope_scale_factor(self.pipeline_class(**pipe.components))
             t2v.set_progress_bar_config(disable=True)
             first = np.asarray(t2v(**text, **common).frames[0][0])
             image = (np.clip(first, 0, 1) * 255).round().astype(np.uint8)
@@ -560,7 +563,8 @@ def sparse_params(config: Any, hidden_states: torch.Tensor) -> dict | None:
             f"this model uses NABLA sparse attention, which needs sides that are multiples of 128 pixels; "
             f"got {width * 8}x{height * 8}"
         )
+    pipeline = library_class("diffusers.Kandinsky5T2VPipeline")
     owner = SimpleNamespace(
-        transformer=SimpleNamespace(config=config), fast_sta_nabla=Kandinsky5T2VPipeline.fast_sta_nabla
+        transformer=SimpleNamespace(config=config), fast_sta_nabla=pipeline.fast_sta_nabla
     )
-    return Kandinsky5T2VPipeline.get_sparse_params(owner, hidden_states, hidden_states.device)
+    return pipeline.get_sparse_params(owner, hidden_states, hidden_states.device)

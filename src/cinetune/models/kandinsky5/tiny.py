@@ -36,24 +36,8 @@ from transformers import (
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
 from cinetune.models.base import keeps_global_rng
+from cinetune.models.kandinsky5.configs import TINY_CLIP_DIM, TINY_QWEN_DIM, TINY_TRANSFORMER_CONFIG
 
-TINY_QWEN_DIM = 32
-TINY_CLIP_DIM = 32
-TINY_TRANSFORMER_CONFIG = {
-    "in_visual_dim": 16,
-    "out_visual_dim": 16,
-    "in_text_dim": TINY_QWEN_DIM,
-    "in_text_dim2": TINY_CLIP_DIM,
-    "time_dim": 16,
-    "patch_size": (1, 2, 2),
-    "model_dim": 32,
-    "ff_dim": 64,
-    "num_text_blocks": 1,
-    "num_visual_blocks": 2,
-    "axes_dims": (2, 2, 4),
-    "visual_cond": True,
-    "attention_type": "regular",
-}
 _SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 # The real Qwen2.5 vocabulary has no single token for these words of the template (128 = 125 words + 3).
 _REAL_SPLITS = {

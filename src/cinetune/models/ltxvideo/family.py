@@ -13,43 +13,14 @@ import logging
 from typing import Any, ClassVar
 
 import torch
-from diffusers import (
-    AutoencoderKLLTXVideo,
-    FlowMatchEulerDiscreteScheduler,
-    LTXConditionPipeline,
-    LTXPipeline,
-    LTXVideoTransformer3DModel,
-)
-from transformers import AutoTokenizer, T5EncoderModel
 
 from cinetune.errors import ConfigError
-from cinetune.models.base import Flavour, FrameRule, ModelFamily
+from cinetune.models.base import Flavour, FrameRule, LibraryClass, ModelFamily, library_class
 from cinetune.models.loading import ComponentLoader
-from cinetune.models.ltxvideo import tiny
+from cinetune.models.ltxvideo.configs import ARCH_2B, ARCH_13B, TINY_TRANSFORMER_CONFIG
 from cinetune.objectives import LossStream, ModelInputs
 
 logger = logging.getLogger(__name__)
-
-# Transformer architectures (diffusers' conversion script configs): 2B for 0.9.0-0.9.5, 13B from 0.9.7.
-_ARCH_2B = {
-    "in_channels": 128,
-    "out_channels": 128,
-    "patch_size": 1,
-    "patch_size_t": 1,
-    "num_attention_heads": 32,
-    "attention_head_dim": 64,
-    "cross_attention_dim": 2048,
-    "num_layers": 28,
-    "caption_channels": 4096,
-}
-_ARCH_13B = {
-    **_ARCH_2B,
-    "attention_head_dim": 128,
-    "cross_attention_dim": 4096,
-    "num_layers": 48,
-    "attention_bias": True,
-    "attention_out_bias": True,
-}
 
 # From 0.9.1 the VAE decoder is timestep-conditioned; diffusers' LTX docs decode with a little noise.
 _DECODE = {"decode_timestep": 0.05, "decode_noise_scale": 0.025}
@@ -60,15 +31,15 @@ _DECODE = {"decode_timestep": 0.05, "decode_noise_scale": 0.025}
 # take part in T5's self-attention, so they change the real tokens' states); LTXConditionPipeline, the
 # pipeline diffusers documents for 0.9.7 and 0.9.8 (and the length LTX-Video-Trainer uses), pads to 256 and
 # passes the mask.
-_SERVED_BY_LTX = {"pipeline_class": LTXPipeline, "max_sequence_length": 128, "t5_attention_mask": False}
+_SERVED_BY_LTX = {"pipeline": "LTXPipeline", "max_sequence_length": 128, "t5_attention_mask": False}
 _SERVED_BY_CONDITION = {
-    "pipeline_class": LTXConditionPipeline,
+    "pipeline": "LTXConditionPipeline",
     "max_sequence_length": 256,
     "t5_attention_mask": True,
 }
-_2B = {"transformer_config": _ARCH_2B, **_SERVED_BY_LTX}
-_2B_NOISE = {"transformer_config": _ARCH_2B, "pipeline_kwargs": _DECODE, **_SERVED_BY_LTX}
-_13B_NOISE = {"transformer_config": _ARCH_13B, "pipeline_kwargs": _DECODE, **_SERVED_BY_CONDITION}
+_2B = {"transformer_config": ARCH_2B, **_SERVED_BY_LTX}
+_2B_NOISE = {"transformer_config": ARCH_2B, "pipeline_kwargs": _DECODE, **_SERVED_BY_LTX}
+_13B_NOISE = {"transformer_config": ARCH_13B, "pipeline_kwargs": _DECODE, **_SERVED_BY_CONDITION}
 
 _FLAVOURS = [
     Flavour("0.9.0", "Lightricks/LTX-Video", "LTX-Video 2B v0.9 (first release)", extra=_2B),
@@ -91,7 +62,7 @@ _FLAVOURS = [
         "tiny",
         None,
         "Tiny random model built in memory (tests and `make demo`)",
-        extra={"transformer_config": tiny.TINY_TRANSFORMER_CONFIG, **_SERVED_BY_LTX},
+        extra={"transformer_config": TINY_TRANSFORMER_CONFIG, **_SERVED_BY_LTX},
     ),
 ]
 
@@ -121,8 +92,7 @@ class LTXVideoFamily(ModelFamily):
     # Class defaults (the 2B releases); each instance takes its flavour's values (`_SERVED_BY_*`).
     default_max_sequence_length: ClassVar[int] = 128
     default_frame_rate: ClassVar[float] = 25.0
-    pipeline_class: ClassVar[type] = LTXPipeline
-    transformer_class: ClassVar[type] = LTXVideoTransformer3DModel
+    transformer_class: ClassVar[type] = LibraryClass("diffusers.LTXVideoTransformer3DModel")
     latent_compression: ClassVar[tuple[int, int]] = (8, 32)
     # diffusers -> original (ComfyUI) module names, for LoRA targets outside the attention blocks.
     comfyui_renames: ClassVar[dict[str, str]] = {
@@ -137,10 +107,14 @@ class LTXVideoFamily(ModelFamily):
         served = self.flavours[loader.flavour].extra
         # The serving pipeline: validation generates with it and the LoRA is saved through it (LTXPipeline and
         # LTXConditionPipeline share LTXVideoLoraLoaderMixin, so the file loads into either).
-        self.pipeline_class = served["pipeline_class"]
+        self.pipeline_name: str = served["pipeline"]
         # What the trainer encodes captions at when max_sequence_length is unset.
         self.default_max_sequence_length = served["max_sequence_length"]
         self.t5_attention_mask: bool = served["t5_attention_mask"]
+
+    @property
+    def pipeline_class(self) -> type:
+        return library_class(f"diffusers.{self.pipeline_name}")
 
     def configure(self, cfg: Any) -> dict[str, Any]:
         resolved = super().configure(cfg)
@@ -150,7 +124,7 @@ class LTXVideoFamily(ModelFamily):
                 "max_sequence_length=%d: %s encodes prompts for flavour %s at %d tokens%s, so this LoRA "
                 "trains on text embeddings that inference will not reproduce",
                 length,
-                self.pipeline_class.__name__,
+                self.pipeline_name,
                 self.loader.flavour,
                 self.default_max_sequence_length,
                 "" if self.t5_attention_mask else " (T5 sees the pads: its states depend on the length)",
@@ -159,25 +133,30 @@ class LTXVideoFamily(ModelFamily):
 
     # ---- loading -------------------------------------------------------------------------------------------
     def tiny_components(self) -> dict[str, Any]:
+        from cinetune.models.ltxvideo import tiny
+
         return tiny.tiny_components()
 
     def load_text_encoder(self, dtype: torch.dtype) -> tuple[Any, torch.nn.Module]:
-        tokenizer = (
-            tiny.tiny_tokenizer()
-            if self.loader.is_builtin_tiny
-            else self.load_part(AutoTokenizer, "tokenizer")
-        )
+        from transformers import AutoTokenizer, T5EncoderModel
+
+        if self.loader.is_builtin_tiny:
+            from cinetune.models.ltxvideo import tiny
+
+            tokenizer = tiny.tiny_tokenizer()
+        else:
+            tokenizer = self.load_part(AutoTokenizer, "tokenizer")
         return tokenizer, self.load_part(T5EncoderModel, "text_encoder", dtype)
 
     def load_vae(self, dtype: torch.dtype) -> torch.nn.Module:
-        return self.load_part(AutoencoderKLLTXVideo, "vae", dtype)
+        return self.load_part(library_class("diffusers.AutoencoderKLLTXVideo"), "vae", dtype)
 
     def load_transformer(self, dtype: torch.dtype) -> torch.nn.Module:
-        return self.load_part(LTXVideoTransformer3DModel, "transformer", dtype)
+        return self.load_part(self.transformer_class, "transformer", dtype)
 
-    def load_scheduler(self) -> FlowMatchEulerDiscreteScheduler:
-        scheduler = self.load_part(FlowMatchEulerDiscreteScheduler, "scheduler")
-        if self.pipeline_class is LTXConditionPipeline and scheduler.config.use_dynamic_shifting:
+    def load_scheduler(self) -> Any:
+        scheduler = self.load_part(library_class("diffusers.FlowMatchEulerDiscreteScheduler"), "scheduler")
+        if self.pipeline_name == "LTXConditionPipeline" and scheduler.config.use_dynamic_shifting:
             # LTXConditionPipeline sets its own sigma grid and passes no `mu`: diffusers would raise when
             # validation starts sampling; say it before training.
             raise ConfigError(
@@ -287,9 +266,7 @@ class LTXVideoFamily(ModelFamily):
         return f"{identity}:t5_mask={self.t5_attention_mask}" if kind == "text" else identity
 
     # ---- validation and export ---------------------------------------------------------------------------
-    def build_pipeline(
-        self, transformer: torch.nn.Module, vae: torch.nn.Module, scheduler: Any
-    ) -> LTXPipeline | LTXConditionPipeline:
+    def build_pipeline(self, transformer: torch.nn.Module, vae: torch.nn.Module, scheduler: Any) -> Any:
         """The flavour's serving pipeline without text encoder: validation passes cached prompt embeddings
         (LTXConditionPipeline without conditions generates text-to-video)."""
         return self.pipeline_class(

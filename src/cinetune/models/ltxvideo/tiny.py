@@ -20,20 +20,12 @@ from diffusers import (
 from transformers import T5Config, T5EncoderModel, T5Tokenizer
 
 from cinetune.models.base import keeps_global_rng
+from cinetune.models.ltxvideo.configs import (
+    TINY_LATENT_CHANNELS,
+    TINY_TEXT_DIM,
+    TINY_TRANSFORMER_CONFIG,
+)
 
-TINY_LATENT_CHANNELS = 16
-TINY_TEXT_DIM = 32
-TINY_TRANSFORMER_CONFIG = {
-    "in_channels": TINY_LATENT_CHANNELS,
-    "out_channels": TINY_LATENT_CHANNELS,
-    "patch_size": 1,
-    "patch_size_t": 1,
-    "num_attention_heads": 4,
-    "attention_head_dim": 8,
-    "cross_attention_dim": 32,
-    "num_layers": 2,
-    "caption_channels": TINY_TEXT_DIM,
-}
 _WORDS = (
     "a an the of in on at with and to is are video clip shot scene person man woman child dog cat bird car "
     "tree sky sea water city street room light dark red blue green yellow white black walks runs jumps "

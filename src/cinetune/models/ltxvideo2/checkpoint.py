@@ -26,7 +26,6 @@ from typing import Any
 
 import torch
 from accelerate import init_empty_weights
-from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder, LTX2VocoderWithBWE
 from safetensors import safe_open
 
 from cinetune.errors import ConfigError
@@ -133,6 +132,8 @@ class LTX2Loader:
         """LTX2Vocoder (2.0) or LTX2VocoderWithBWE (2.3), as the folder's vocoder/config.json names it."""
         path = Path(self.source) / "vocoder" / "config.json"
         name = json.loads(path.read_text()).get("_class_name") if path.is_file() else None
+        from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder, LTX2VocoderWithBWE
+
         return LTX2VocoderWithBWE if name == LTX2VocoderWithBWE.__name__ else LTX2Vocoder
 
     def identity(self, subfolder: str) -> str:

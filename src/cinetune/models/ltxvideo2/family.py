@@ -26,24 +26,21 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from diffusers import (
-    AutoencoderKLLTX2Audio,
-    AutoencoderKLLTX2Video,
-    FlowMatchEulerDiscreteScheduler,
-    LTX2Pipeline,
-    LTX2VideoTransformer3DModel,
-)
-from diffusers.pipelines.ltx2 import LTX2TextConnectors
-from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
 from PIL import Image
-from transformers import AutoTokenizer, Gemma3ForConditionalGeneration
 
 from cinetune.errors import ConfigError, NotSupportedYet
-from cinetune.models.base import Flavour, FrameRule, GeneratedVideo, ModelFamily, random_module
+from cinetune.models.base import (
+    Flavour,
+    FrameRule,
+    GeneratedVideo,
+    LibraryClass,
+    ModelFamily,
+    library_class,
+    random_module,
+)
 from cinetune.models.ltxvideo.family import ltx_mu, pack_latents
-from cinetune.models.ltxvideo2 import audio_latents, configs, pipelines, tiny
+from cinetune.models.ltxvideo2 import audio_latents, configs, pipelines, tiny_configs
 from cinetune.models.ltxvideo2 import text as text_module
-from cinetune.models.ltxvideo2.av_timesteps import apply_av_cross_timesteps
 from cinetune.models.ltxvideo2.checkpoint import (
     DEFAULT_CHECKPOINT,
     LTX2_3_CHECKPOINT,
@@ -87,8 +84,8 @@ _FLAVOURS = [
         None,
         "Tiny random LTX-2 built in memory (tests)",
         extra={
-            "transformer_config": tiny.TINY_TRANSFORMER_CONFIG,
-            "connectors_config": tiny.TINY_CONNECTORS_CONFIG,
+            "transformer_config": tiny_configs.TINY_TRANSFORMER_CONFIG,
+            "connectors_config": tiny_configs.TINY_CONNECTORS_CONFIG,
         },
     ),
     Flavour(
@@ -96,19 +93,25 @@ _FLAVOURS = [
         None,
         "Tiny random LTX-2.3 built in memory (tests)",
         extra={
-            "transformer_config": tiny.TINY_2_3_TRANSFORMER_CONFIG,
-            "connectors_config": tiny.TINY_2_3_CONNECTORS_CONFIG,
+            "transformer_config": tiny_configs.TINY_2_3_TRANSFORMER_CONFIG,
+            "connectors_config": tiny_configs.TINY_2_3_CONNECTORS_CONFIG,
         },
     ),
 ]
+# Library classes, imported on first use (reading the flavours and options imports no diffusers model code).
+_CONNECTORS = "diffusers.pipelines.ltx2.LTX2TextConnectors"
+_AUDIO_VAE = "diffusers.AutoencoderKLLTX2Audio"
+_VOCODER = "diffusers.pipelines.ltx2.vocoder.LTX2Vocoder"
 _VIDEO_ONLY_TARGETS = tuple(
     f"{attn}.{proj}" for attn in ("attn1", "attn2") for proj in ("to_k", "to_q", "to_v", "to_out.0")
 )
 
 
-def ltx2_scheduler() -> FlowMatchEulerDiscreteScheduler:
+def ltx2_scheduler() -> Any:
     """LTX-2.0 inference schedule (diffusers' conversion): shift 0.95 -> 2.05 over 1024 -> 4096 tokens,
     terminal 0.1."""
+    from cinetune.models.ltxvideo2 import tiny
+
     return tiny.tiny_scheduler()
 
 
@@ -142,8 +145,8 @@ class LTX2Family(ModelFamily):
     default_lora_targets: ClassVar[tuple[str, ...]] = ("to_k", "to_q", "to_v", "to_out.0")
     default_max_sequence_length: ClassVar[int] = 1024
     default_frame_rate: ClassVar[float] = 25.0
-    pipeline_class: ClassVar[type] = LTX2Pipeline
-    transformer_class: ClassVar[type] = LTX2VideoTransformer3DModel
+    pipeline_class: ClassVar[type] = LibraryClass("diffusers.LTX2Pipeline")
+    transformer_class: ClassVar[type] = LibraryClass("diffusers.LTX2VideoTransformer3DModel")
     latent_compression: ClassVar[tuple[int, int]] = (8, 32)
     comfyui_renames: ClassVar[dict[str, str]] = TRANSFORMER_RENAMES
     run_options: ClassVar[frozenset[str]] = frozenset(
@@ -255,36 +258,44 @@ class LTX2Family(ModelFamily):
 
     def _load(self, cls: type, part: str, dtype: torch.dtype | None) -> Any:
         if self.loader.is_builtin_tiny:
+            from cinetune.models.ltxvideo2 import tiny
+
             module = tiny.tiny_components(version=TINY_FLAVOURS[self.loader.flavour])[part]
             return module if dtype in (None, torch.float32) or not hasattr(module, "to") else module.to(dtype)
         kwargs = {"torch_dtype": dtype} if dtype is not None else {}
         return self.loader.load(cls, part, **kwargs)
 
     def load_text_encoder(self, dtype: torch.dtype) -> tuple[Any, torch.nn.Module]:
+        from transformers import AutoTokenizer, Gemma3ForConditionalGeneration
+
         tokenizer = self._load(AutoTokenizer, "tokenizer", None)
         gemma = self._load(Gemma3ForConditionalGeneration, "text_encoder", dtype)
-        connectors = self._load(LTX2TextConnectors, "connectors", dtype)
+        connectors = self._load(library_class(_CONNECTORS), "connectors", dtype)
         return tokenizer, text_module.make_prompt_encoder(gemma.eval(), connectors)
 
     def load_vae(self, dtype: torch.dtype) -> torch.nn.Module:
-        return self._load(AutoencoderKLLTX2Video, "vae", dtype)
+        return self._load(library_class("diffusers.AutoencoderKLLTX2Video"), "vae", dtype)
 
     def load_audio_vae(self, dtype: torch.dtype) -> torch.nn.Module:
-        return self._load(AutoencoderKLLTX2Audio, "audio_vae", dtype)
+        return self._load(library_class(_AUDIO_VAE), "audio_vae", dtype)
 
     def load_transformer(self, dtype: torch.dtype) -> torch.nn.Module:
-        """The transformer; an LTX-2.3 one hooked to ltx-core's A/V cross-attention timesteps
-        (av_timesteps.py) before LoRA, checkpointing or DDP wrap it."""
-        model = self._load(LTX2VideoTransformer3DModel, "transformer", dtype)
+        return self.prepare_transformer(self._load(self.transformer_class, "transformer", dtype))
+
+    def prepare_transformer(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The release is read from the transformer's config; an LTX-2.3 one is hooked to ltx-core's A/V
+        cross-attention timesteps (av_timesteps.py) before LoRA, checkpointing or DDP wrap it."""
         self.audio_in_channels = model.config.audio_in_channels
         self._ltx2_3 = configs.is_ltx2_3(model.config)
         if self._ltx2_3:
+            from cinetune.models.ltxvideo2.av_timesteps import apply_av_cross_timesteps
+
             apply_av_cross_timesteps(model)
         return model
 
-    def load_scheduler(self) -> FlowMatchEulerDiscreteScheduler:
+    def load_scheduler(self) -> Any:
         if getattr(self.loader, "mode", None) == "diffusers":
-            return self.loader.load(FlowMatchEulerDiscreteScheduler, "scheduler")
+            return self.loader.load(library_class("diffusers.FlowMatchEulerDiscreteScheduler"), "scheduler")
         return ltx2_scheduler()
 
     def _module(self, part: str, cls: type, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
@@ -297,11 +308,11 @@ class LTX2Family(ModelFamily):
         """`cinetune bench`: text connectors of the flavour's config with random weights, built on `device`
         (what `connectors` then returns instead of loading them); `cinetune train` never calls this."""
         config = self.flavours[self.loader.flavour].extra["connectors_config"]
-        module = random_module(LTX2TextConnectors, config, dtype, device)
+        module = random_module(library_class(_CONNECTORS), config, dtype, device)
         self._modules["connectors"] = module.requires_grad_(False).eval()
 
-    def connectors(self, device: torch.device, dtype: torch.dtype) -> LTX2TextConnectors:
-        module = self._module("connectors", LTX2TextConnectors, device, dtype)
+    def connectors(self, device: torch.device, dtype: torch.dtype) -> Any:
+        module = self._module("connectors", library_class(_CONNECTORS), device, dtype)
         self._check_text_length(module.config.video_connector_num_learnable_registers)
         return module
 
@@ -524,21 +535,21 @@ class LTX2Family(ModelFamily):
         return [inputs]
 
     # ---- validation ----------------------------------------------------------------------------------------
-    def build_pipeline(
-        self, transformer: torch.nn.Module, vae: torch.nn.Module, scheduler: Any
-    ) -> LTX2Pipeline:
+    def build_pipeline(self, transformer: torch.nn.Module, vae: torch.nn.Module, scheduler: Any) -> Any:
         """T2V pipeline without Gemma; the audio VAE, vocoder and connectors join the VAE's device and
         dtype. An LTX-2.3 transformer samples with ltx-core's A/V cross-attention timesteps (hooked here if
         it was not loaded by `load_transformer`)."""
         param = next(vae.parameters())
         self._ltx2_3 = configs.is_ltx2_3(getattr(transformer, "module", transformer).config)
         if self._ltx2_3:
+            from cinetune.models.ltxvideo2.av_timesteps import apply_av_cross_timesteps
+
             apply_av_cross_timesteps(transformer)
         self._parts = {
             "transformer": transformer,
             "vae": vae,
-            "audio_vae": self._module("audio_vae", AutoencoderKLLTX2Audio, param.device, param.dtype),
-            "vocoder": self._module("vocoder", LTX2Vocoder, param.device, param.dtype),
+            "audio_vae": self._module("audio_vae", library_class(_AUDIO_VAE), param.device, param.dtype),
+            "vocoder": self._module("vocoder", library_class(_VOCODER), param.device, param.dtype),
             "connectors": pipelines.CachedPromptConnectors(self.connectors(param.device, param.dtype)),
             "scheduler": scheduler,
         }

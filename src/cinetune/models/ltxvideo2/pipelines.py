@@ -20,7 +20,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-from diffusers import LTX2ImageToVideoPipeline, LTX2Pipeline
 
 from cinetune.models.ltxvideo2.text import PROJ_KEY, run_connectors
 
@@ -68,10 +67,12 @@ class CachedPromptConnectors(torch.nn.Module):
         return video.to(prompt_embeds.dtype), audio.to(prompt_embeds.dtype), mask
 
 
-def build(components: dict[str, Any], image: bool) -> LTX2Pipeline:
+def build(components: dict[str, Any], image: bool) -> Any:
     """A T2V or I2V pipeline without Gemma; `components` holds transformer, vae, audio_vae, vocoder,
     connectors
     (wrapped) and scheduler."""
+    from diffusers import LTX2ImageToVideoPipeline, LTX2Pipeline
+
     cls = LTX2ImageToVideoPipeline if image else LTX2Pipeline
     pipe = cls(text_encoder=None, tokenizer=None, **components)
     pipe.set_progress_bar_config(disable=True)

@@ -24,10 +24,12 @@ width) values per caption: it holds no padding to drop, because the registers fi
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
-from diffusers.pipelines.ltx2 import LTX2TextConnectors
-from diffusers.pipelines.ltx2.connectors import per_layer_masked_mean_norm, per_token_rms_norm
+
+if TYPE_CHECKING:
+    from diffusers.pipelines.ltx2 import LTX2TextConnectors
 
 PROJ_KEY = "prompt_proj"  # cached per caption: (real tokens, projected features)
 
@@ -54,6 +56,8 @@ class PromptEncoder(torch.nn.Module):
 
     def project(self, stacked: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Stacked hidden states (B, L, D, layers), left-padded with `mask` (B, L) -> (B, L, cached width)."""
+        from diffusers.pipelines.ltx2.connectors import per_layer_masked_mean_norm, per_token_rms_norm
+
         if not self.per_modality:
             normed = per_layer_masked_mean_norm(
                 stacked, mask.sum(dim=-1), device=stacked.device, padding_side="left"

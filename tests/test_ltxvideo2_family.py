@@ -246,3 +246,14 @@ def test_original_lora_has_original_names_baked_alpha_and_loads_in_diffusers(
     pipe.load_lora_weights(tmp_path / COMFYUI_FILE, adapter_name="original")
     torch.testing.assert_close(generate(pipe), from_diffusers)
     assert not torch.allclose(base, from_diffusers)
+
+
+def test_validation_modules_are_the_pipelines_audio_vae_and_vocoder() -> None:
+    """What validation moves back to the CPU with offload_during_startup besides the VAE."""
+    family = _family()
+    assert family.validation_modules() == []
+    vae = family.load_vae(torch.float32)
+    pipe = family.build_pipeline(family.load_transformer(torch.float32), vae, family.load_scheduler())
+    modules = family.validation_modules()
+    assert len(modules) == 2
+    assert modules[0] is pipe.audio_vae and modules[1] is pipe.vocoder

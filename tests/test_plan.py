@@ -165,3 +165,43 @@ def test_warnings_of_resolution_are_collected(tmp_path: Path, clips_dir: Path, m
     )
     plan = resolve(load_config(path))
     assert any("duration_interval" in w and "changes nothing here" in w for w in plan.warnings)
+
+
+def test_keys_other_keys_make_moot_are_said_once(tmp_path: Path, clips_dir: Path, make_config) -> None:
+    path = make_config(
+        tmp_path,
+        clips_dir,
+        None,
+        num_train_epochs=3,  # max_train_steps (4) decides
+        tracker_run_name="x",  # report_to none
+        checkpoints_total_limit=2,  # no checkpointing_steps
+        disable_validation=True,
+        validation_guidance=4.0,
+    )
+    warnings = resolve(load_config(path)).warnings
+    assert any("num_train_epochs changes nothing" in w for w in warnings)
+    assert any("tracker_run_name changes nothing" in w and "report_to is none" in w for w in warnings)
+    assert any("checkpoints_total_limit changes nothing" in w for w in warnings)
+    assert any("validation_guidance" in w and "disable_validation is true" in w for w in warnings)
+    quiet = resolve(load_config(make_config(tmp_path / "q", clips_dir, None, num_train_epochs=0))).warnings
+    assert (
+        not quiet
+    )  # num_train_epochs 0 (as the quickstarts write it) beside max_train_steps: nothing to say
+
+
+def test_num_train_epochs_zero_needs_max_train_steps(
+    tmp_path: Path, clips_dir: Path, make_config, capsys
+) -> None:
+    path = make_config(tmp_path, clips_dir, None, num_train_epochs=0, max_train_steps=None)
+    assert main(["check", "--config", str(path)]) == 2
+    assert "num_train_epochs is 0 and max_train_steps is unset" in capsys.readouterr().err
+
+
+def test_ltx2_eval_dataset_needs_validation_using_datasets(
+    tmp_path: Path, clips_dir: Path, make_config
+) -> None:
+    from cinetune.errors import ConfigError
+
+    path = make_config(tmp_path, clips_dir, None, **_LTX2, eval_dataset_id="clips")
+    with pytest.raises(ConfigError, match="validation_using_datasets: true"):
+        resolve(load_config(path))

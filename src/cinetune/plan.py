@@ -73,6 +73,7 @@ def resolve(loaded: LoadedConfig) -> RunPlan:
             _check_datasets(train, data, family)
             family.configure_datasets(data)
         _check_files(train)
+        _warn_moot_keys(train, data)
         prompts = _validation_prompts(train)
         from_first = bool(train.validation_steps) and not prompts and not train.disable_validation
         if from_first:
@@ -136,6 +137,51 @@ def _check_datasets(train: TrainConfig, data: DataBackendConfig, family: ModelFa
                 "nothing here: the sound of a video dataset spans exactly its sampled frames",
                 ds.id,
             )
+
+
+# key -> (the key whose value makes it moot, a test of that value, why): a key set in the file that another
+# key's value leaves without effect is accepted (quickstarts carry such pairs) and said so once.
+_MOOT: dict[str, tuple[str, Any, str]] = {
+    "num_train_epochs": ("max_train_steps", lambda v: v is not None, "max_train_steps decides the length"),
+    "tracker_project_name": ("report_to", lambda v: v == "none", "report_to is none"),
+    "tracker_run_name": ("report_to", lambda v: v == "none", "report_to is none"),
+    "checkpoints_total_limit": ("checkpointing_steps", lambda v: v is None, "no checkpoint is written"),
+}
+_VALIDATION_KEYS = (
+    "validation_steps",
+    "validation_prompt",
+    "validation_negative_prompt",
+    "validation_prompt_library",
+    "validation_resolution",
+    "validation_num_video_frames",
+    "validation_guidance",
+    "validation_num_inference_steps",
+    "validation_seed",
+    "validation_using_datasets",
+)
+
+
+def _warn_moot_keys(train: TrainConfig, data: DataBackendConfig | None) -> None:
+    """Keys the config sets that other keys' values leave without effect: one warning each."""
+    given = train.model_fields_set
+    for key, (other, moots, why) in _MOOT.items():
+        if (
+            key in given
+            and moots(getattr(train, other))
+            and not (key == "num_train_epochs" and train.num_train_epochs == 0)
+        ):
+            logger.warning("%s changes nothing in this run: %s", key, why)
+    if train.disable_validation:
+        moot = [k for k in _VALIDATION_KEYS if k in given]
+        if moot:
+            logger.warning("%s change(s) nothing in this run: disable_validation is true", ", ".join(moot))
+    embeds = data.text_embeds if data is not None else None
+    if embeds is not None and "default" in embeds.model_fields_set and not embeds.default:
+        logger.warning(
+            "text_embeds dataset '%s' says default: false, but it is the only one: every caption and "
+            "validation prompt embedding is cached in it anyway",
+            embeds.id,
+        )
 
 
 def _check_files(train: TrainConfig) -> None:

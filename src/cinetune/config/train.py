@@ -73,7 +73,12 @@ class TrainConfig(BaseModel):
     )
     lr_warmup_steps: int = Field(0, ge=0, description="Linear warmup steps.")
     max_train_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
-    num_train_epochs: int = Field(1, ge=1, description="Epochs, used when max_train_steps is unset.")
+    num_train_epochs: int = Field(
+        1,
+        ge=0,
+        description="Epochs, used when max_train_steps is unset (0, as quickstarts write it: max_train_steps "
+        "decides).",
+    )
     gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm; 0 disables clipping.")
     mixed_precision: Precision = Field("bf16", description="Compute dtype: bf16, fp16 or no/fp32.")
@@ -228,6 +233,8 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
+        if self.num_train_epochs == 0 and self.max_train_steps is None:
+            raise ValueError("num_train_epochs is 0 and max_train_steps is unset: set one of them")
         if self.gradient_checkpointing_interval > 1 and not self.gradient_checkpointing:
             raise ValueError(
                 "gradient_checkpointing_interval has no effect without gradient_checkpointing: "

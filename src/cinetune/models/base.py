@@ -222,6 +222,11 @@ class ModelFamily(ABC):
             )
         return dict(flavour.extra["transformer_config"])
 
+    def validation_modules(self) -> list[torch.nn.Module]:
+        """Frozen modules besides the VAE that validation puts on the device (they go back to the CPU after it
+        with offload_during_startup); none by default."""
+        return []
+
     def use_random_frozen_modules(self, device: torch.device, dtype: torch.dtype) -> None:
         """For `cinetune bench` only: give the frozen helper modules the training step runs besides the
         transformer (none by default) random weights of the flavour's architecture, so nothing is loaded."""

@@ -9,14 +9,14 @@ from cinetune.config import TrainConfig
 
 
 def build_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
-    fused = cfg.optimizer == "adamw_fused" and torch.cuda.is_available()
+    fused = cfg.optimizer == "adamw_fused"  # torch has fused AdamW kernels for CUDA and the CPU
     return torch.optim.AdamW(
         params,
         lr=cfg.learning_rate,
         betas=(cfg.adam_beta1, cfg.adam_beta2),
         weight_decay=cfg.adam_weight_decay,
         eps=cfg.adam_epsilon,
-        fused=fused or None,
+        fused=True if fused else None,
     )
 
 

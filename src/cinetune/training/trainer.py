@@ -44,6 +44,10 @@ _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": torch.float32, "
 def make_accelerator(cfg: Any) -> Accelerator:
     use_cpu = cfg.cpu or not torch.cuda.is_available()
     trackers = None if cfg.report_to == "none" else cfg.report_to
+    if cfg.cpu and not torch.cuda.is_available():
+        logger.warning(
+            "cpu: true changes nothing here: no GPU is available, so training runs on the CPU anyway"
+        )
     mixed = cfg.mixed_precision if not (use_cpu and cfg.mixed_precision == "fp16") else "no"
     if mixed != cfg.mixed_precision:
         logger.warning("fp16 mixed precision needs a GPU; training in fp32 on the CPU")
@@ -213,6 +217,11 @@ class Trainer:
         cfg = self.cfg
         if cfg.disable_validation or not self.prompts or not self.acc.is_main_process:
             return None
+        if cfg.offload_during_startup and self.device.type == "cpu":
+            logger.warning(
+                "offload_during_startup changes nothing on this run: it trains on the CPU, where the "
+                "validation VAE lives anyway"
+            )
         vae = self.family.load_vae(self.weight_dtype).requires_grad_(False).eval()
         vae.to("cpu" if cfg.offload_during_startup else self.device)
         return Validator(

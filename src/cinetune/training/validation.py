@@ -127,8 +127,9 @@ class Validator:
                 written.append(path)
                 if on_video is not None:
                     on_video(f"{name}_{width}x{height}", video)
-        if self.offload_vae:
-            self.vae.to("cpu")
+        if self.offload_vae:  # back to the CPU until the next validation: the VAE and the family's others
+            for module in (self.vae, *self.family.validation_modules()):
+                module.to("cpu")
         model.train(was_training)
         logger.info("validation videos for step %d in %s", step, folder)
         return written

@@ -233,6 +233,14 @@ class Kandinsky5VideoFamily(ModelFamily):
     def configure_datasets(self, data: Any) -> None:
         """Image-to-video conditions on latent frame 0 and trains the others: a clip needs 2 latent frames."""
         super().configure_datasets(data)
+        embeds = data.text_embeds
+        if embeds is not None and "write_batch_size" in embeds.model_fields_set:
+            logger.warning(
+                "text_embeds dataset '%s': write_batch_size changes nothing for Kandinsky 5, which encodes "
+                "captions one at a time (its text encoder runs without a mask, so a batch padded to its "
+                "longest caption would change the shorter ones)",
+                embeds.id,
+            )
         if not self.conditions_on_image:
             return
         for ds in data.media:

@@ -181,6 +181,12 @@ class LTX2Family(ModelFamily):
     def configure(self, cfg: Any) -> dict[str, Any]:
         """Options of this run: checkpoint file, text length, I2V probability, validation conditioning."""
         self.conditions_on_image = bool(getattr(cfg, "validation_using_datasets", False))
+        if getattr(cfg, "eval_dataset_id", None) and not self.conditions_on_image:
+            raise ConfigError(
+                "eval_dataset_id picks the clips image-to-video (and sound-to-video) validation conditions "
+                "on; LTX-2 validates that way with validation_using_datasets: true: set it, or remove "
+                "eval_dataset_id"
+            )
         resolved = super().configure(cfg)
         self._use_checkpoint_filename(cfg.ltx2_checkpoint_filename)
         self.max_sequence_length = cfg.max_sequence_length or self.default_max_sequence_length
@@ -303,6 +309,11 @@ class LTX2Family(ModelFamily):
         if part not in self._modules:
             self._modules[part] = self._load(cls, part, dtype).requires_grad_(False).eval()
         return self._modules[part].to(device)
+
+    def validation_modules(self) -> list[torch.nn.Module]:
+        """The audio VAE and vocoder `build_pipeline` moves to the VAE's device (the connectors stay: every
+        training step runs them)."""
+        return [self._modules[part] for part in ("audio_vae", "vocoder") if part in self._modules]
 
     def use_random_frozen_modules(self, device: torch.device, dtype: torch.dtype) -> None:
         """`cinetune bench`: text connectors of the flavour's config with random weights, built on `device`

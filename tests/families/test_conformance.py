@@ -128,16 +128,18 @@ def test_cache_round_trip(case: FamilyCase, workspace, tmp_path: Path) -> None:
     plan = _plan(tmp_path, case, None, clips)
     cfg, family = plan.train, plan.family
     samples = scan_datasets(plan.training_media, family.frame_rule, cfg.frame_rate, cfg.seed, SkipReport())
-    text_root, latent_root = tmp_path / "cache" / "text", tmp_path / "cache" / "vae"
-    builder = CacheBuilder(
-        family,
-        text_root=text_root,
-        latent_roots={"clips": latent_root},
-        device=torch.device("cpu"),
-        dtype=torch.float32,
-        max_sequence_length=cfg.max_sequence_length,
-    )
-    index = builder.build(samples)
+
+    def build():
+        return CacheBuilder(
+            family,
+            text_root=tmp_path / "cache" / "text",
+            latent_roots={"clips": tmp_path / "cache" / "vae"},
+            device=torch.device("cpu"),
+            dtype=torch.float32,
+            max_sequence_length=cfg.max_sequence_length,
+        ).build(samples)
+
+    index = build()
     encoders = family.load_latent_encoders(torch.float32)
     for encoder in encoders.values():
         encoder.eval()
@@ -155,14 +157,7 @@ def test_cache_round_trip(case: FamilyCase, workspace, tmp_path: Path) -> None:
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], rtol=1e-5, atol=1e-5)
     # a second build finds every entry on disk and encodes nothing
-    again = CacheBuilder(
-        family,
-        text_root=text_root,
-        latent_roots={"clips": latent_root},
-        device=torch.device("cpu"),
-        dtype=torch.float32,
-        max_sequence_length=cfg.max_sequence_length,
-    ).build(samples)
+    again = build()
     assert again.stats["latent_encoded"] == 0 and again.stats["text_encoded"] == 0
 
 

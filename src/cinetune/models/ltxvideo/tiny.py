@@ -43,6 +43,21 @@ def tiny_tokenizer() -> T5Tokenizer:
 
 
 @keeps_global_rng
+def ltx_scheduler(dynamic_shifting: bool = True) -> FlowMatchEulerDiscreteScheduler:
+    """The LTX schedules: dynamic shift 0.95 -> 2.05 over 1024 -> 4096 tokens with terminal 0.1 (LTX-Video
+    0.9.0 / 0.9.1 and LTX-2.0 inference), or the static shift 1 of the later LTX-Video conversions."""
+    if not dynamic_shifting:
+        return FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=False, shift=1.0)
+    return FlowMatchEulerDiscreteScheduler(
+        use_dynamic_shifting=True,
+        base_shift=0.95,
+        max_shift=2.05,
+        base_image_seq_len=1024,
+        max_image_seq_len=4096,
+        shift_terminal=0.1,
+    )
+
+
 def tiny_components(seed: int = 0, dynamic_shifting: bool = True) -> dict:
     """Fresh tiny components with deterministic random weights (the keys of LTXPipeline).
 
@@ -85,18 +100,7 @@ def tiny_components(seed: int = 0, dynamic_shifting: bool = True) -> dict:
     generator = torch.Generator().manual_seed(seed + 1)
     vae.latents_mean.copy_(torch.randn(TINY_LATENT_CHANNELS, generator=generator) * 0.1)
     vae.latents_std.copy_(torch.rand(TINY_LATENT_CHANNELS, generator=generator) * 0.5 + 0.75)
-    scheduler = (
-        FlowMatchEulerDiscreteScheduler(
-            use_dynamic_shifting=True,
-            base_shift=0.95,
-            max_shift=2.05,
-            base_image_seq_len=1024,
-            max_image_seq_len=4096,
-            shift_terminal=0.1,
-        )
-        if dynamic_shifting
-        else FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=False, shift=1.0)
-    )
+    scheduler = ltx_scheduler(dynamic_shifting)
     return {
         "transformer": transformer,
         "vae": vae,

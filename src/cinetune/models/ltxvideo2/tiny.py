@@ -45,6 +45,7 @@ from transformers import (
 )
 
 from cinetune.models.base import keeps_global_rng
+from cinetune.models.ltxvideo.tiny import ltx_scheduler
 from cinetune.models.ltxvideo2 import configs
 from cinetune.models.ltxvideo2.convert import to_original_state_dict
 from cinetune.models.ltxvideo2.tiny_configs import (
@@ -174,14 +175,7 @@ def _vocoder() -> LTX2Vocoder:
 
 def tiny_scheduler() -> FlowMatchEulerDiscreteScheduler:
     """The LTX-2.0 inference schedule: dynamic shift 0.95 -> 2.05 over 1024 -> 4096 tokens, terminal 0.1."""
-    return FlowMatchEulerDiscreteScheduler(
-        use_dynamic_shifting=True,
-        base_shift=0.95,
-        max_shift=2.05,
-        base_image_seq_len=1024,
-        max_image_seq_len=4096,
-        shift_terminal=0.1,
-    )
+    return ltx_scheduler(dynamic_shifting=True)
 
 
 def _randomize_statistics(module: torch.nn.Module, generator: torch.Generator) -> None:

@@ -643,10 +643,10 @@ def probe_vae_latent_sampling(w: World) -> None:
 
 
 def probe_first_frame_conditioning_p(w: World) -> None:
-    for flavour in ("tiny", "tiny-2.3"):
+    for family in (LTX2, {**LTX2, "model_flavour": "tiny-2.3"}, {}):  # LTX-2, LTX-2.3, LTX-Video
 
-        def first_inputs(p: float, flavour: str = flavour) -> Any:
-            trainer = Trainer(w.ltx2_plan(model_flavour=flavour, first_frame_conditioning_p=p))
+        def first_inputs(p: float, family: dict = family) -> Any:
+            trainer = Trainer(w.plan(**family, first_frame_conditioning_p=p))
             return w.forward_inputs(trainer, torch.Generator().manual_seed(0))
 
         t2v, i2v = first_inputs(0.0), first_inputs(1.0)
@@ -655,12 +655,11 @@ def probe_first_frame_conditioning_p(w: World) -> None:
         first = ~mask  # the clean first-frame tokens: timestep 0, no loss
         assert timestep.ndim == 2 and bool(first.any()) and bool((timestep[first] == 0).all())
         assert bool((timestep[mask] > 0).all())
-    for family in ({}, K5):
-        _rejected(
-            lambda f=family: w.plan(**f, first_frame_conditioning_p=0.5),
-            "first_frame_conditioning_p is not supported yet",
-            error=NotSupportedYet,
-        )
+    _rejected(
+        lambda: w.plan(**K5, first_frame_conditioning_p=0.5),
+        "first_frame_conditioning_p is not supported yet",
+        error=NotSupportedYet,
+    )
 
 
 # ---- TrainConfig: LoRA -----------------------------------------------------------------------------------
@@ -843,8 +842,9 @@ def probe_validation_using_datasets(w: World) -> None:
     assert condition_images(plan.family, plan.train, plan.media, samples) is None  # a T2V first frame
     plan, samples, _ = w.scan(**i2v, validation_using_datasets=True)
     assert len(condition_images(plan.family, plan.train, plan.media, samples)) == len(samples)
-    for family in ({}, K5):
-        _rejected(lambda f=family: w.plan(**f, validation_using_datasets=True), "generates from text only")
+    plan, samples, _ = w.scan(validation_using_datasets=True)  # LTX-Video: image-to-video validation
+    assert len(condition_images(plan.family, plan.train, plan.media, samples)) == len(samples)
+    _rejected(lambda: w.plan(**K5, validation_using_datasets=True), "generates from text only")
 
 
 def probe_eval_dataset_id(w: World) -> None:
@@ -861,7 +861,8 @@ def probe_eval_dataset_id(w: World) -> None:
         lambda: w.plan(**LTX2, validation_using_datasets=True, eval_dataset_id="nope"),
         "eval_dataset_id 'nope'",
     )
-    _rejected(lambda: w.plan(eval_dataset_id="eval", extra=extra), "generates from text only")
+    _rejected(lambda: w.plan(eval_dataset_id="eval", extra=extra), "validation_using_datasets: true")
+    _rejected(lambda: w.plan(**K5, eval_dataset_id="eval", extra=extra), "generates from text only")
 
 
 # ---- TrainConfig: logging --------------------------------------------------------------------------------

@@ -192,9 +192,9 @@ def test_configure_rejects_what_it_cannot_do() -> None:
     family = _family()
     family.configure(TrainConfig(model_family="ltxvideo2", first_frame_conditioning_p=0.5))
     assert family.first_frame_p == 0.5
-    ltx = build_family("ltxvideo", "tiny", None)
+    k5 = build_family("kandinsky5-video", "tiny", None)
     with pytest.raises(NotSupportedYet, match="first_frame_conditioning_p"):
-        ltx.configure(TrainConfig(model_family="ltxvideo", first_frame_conditioning_p=0.5))
+        k5.configure(TrainConfig(model_family="kandinsky5-video", first_frame_conditioning_p=0.5))
     with pytest.raises(ConfigError, match="image-to-video"):
         family.configure(TrainConfig(model_family="ltxvideo2", eval_dataset_id="eval"))
 

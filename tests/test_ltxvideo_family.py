@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -136,6 +138,56 @@ def test_flow_inputs_follow_the_ltx_trainer() -> None:
     assert inputs.kwargs["encoder_attention_mask"].tolist() == [[True] * 3 + [False] * 2, [True] * 5]
 
 
+def test_first_frame_conditioning_follows_ltx_video_trainer() -> None:
+    """LTX-Video-Trainer's first-frame conditioning (training_strategies.py): one draw per batch; when drawn,
+    latent frame 0 (the first H*W tokens) stays x0 in every sample, its timestep is 0 (the others keep
+    round(1000 sigma)), and the loss is mean(L * m) / mean(m) over the other tokens."""
+    from cinetune.config import TrainConfig
+    from cinetune.objectives import compute_loss
+    from cinetune.training.batches import Batch
+
+    family = _family(None)
+    family.configure(TrainConfig(model_family="ltxvideo", first_frame_conditioning_p=1.0))
+    x0 = torch.randn(2, 16, 3, 2, 3)
+    text = family.collate_text([{"prompt_embeds": torch.randn(3, 32)}] * 2)
+    batch = Batch(tensors={"latents": x0}, text=text, frame_rate=25.0, use_std=False)
+    generator = torch.Generator().manual_seed(0)
+    (inputs,) = family.training_inputs(
+        batch, generator, "shifted_logit_normal", torch.device("cpu"), torch.float32, None
+    )
+    # the same draws, replayed: x0 is the mean (no std), then noise, sigmas, the conditioning draw
+    replay = torch.Generator().manual_seed(0)
+    noise = torch.randn(x0.shape, generator=replay)
+    sigmas = torch.sigmoid(torch.randn(2, generator=replay) + ltx_mu(18))
+    first = torch.zeros(2, 18, dtype=torch.bool)
+    first[:, :6] = True  # frame 0 of a 3 x 2 x 3 latent: 6 tokens
+    clean, noisy = (
+        pack_latents(x0),
+        pack_latents((1 - sigmas.view(-1, 1, 1, 1, 1)) * x0 + sigmas.view(-1, 1, 1, 1, 1) * noise),
+    )
+    torch.testing.assert_close(inputs.kwargs["hidden_states"], torch.where(first[..., None], clean, noisy))
+    expected_t = torch.where(first, 0.0, torch.round(sigmas * 1000).view(-1, 1).expand(2, 18))
+    assert torch.equal(inputs.kwargs["timestep"], expected_t)
+    assert torch.equal(inputs.stream("video").mask, ~first)
+    prediction = torch.randn(2, 18, 16)
+    loss = compute_loss([inputs], [(prediction,)]).total
+    m = (~first).float().unsqueeze(-1).expand(2, 18, 16)
+    reference = ((prediction - (pack_latents(noise) - clean)) ** 2 * m / m.mean()).mean()
+    torch.testing.assert_close(loss, reference)
+    # one draw per batch: a batch is conditioned whole or not at all, about p of the batches
+    family.configure(TrainConfig(model_family="ltxvideo", first_frame_conditioning_p=0.5))
+    conditioned = []
+    for _ in range(200):
+        (inputs,) = family.training_inputs(
+            batch, generator, "uniform", torch.device("cpu"), torch.float32, None
+        )
+        mask = inputs.stream("video").mask
+        rows = [False] * 2 if mask is None else [not bool(r.all()) for r in mask]
+        assert len(set(rows)) == 1
+        conditioned.append(rows[0])
+    assert 0.35 < sum(conditioned) / 200 < 0.65
+
+
 def test_shift_mu_matches_published_values() -> None:
     assert ltx_mu(6144) == pytest.approx(2.7833, abs=1e-3)
     assert ltx_mu(126) == pytest.approx(0.6284, abs=1e-3)
@@ -262,6 +314,69 @@ def test_validation_generates_with_the_serving_pipeline_from_cached_embeddings(
     np.testing.assert_allclose(video.frames, expected, atol=1e-4)
 
 
+@pytest.mark.parametrize("flavour", ["tiny", "0.9.7-13b-dev"])
+def test_image_to_video_validation_uses_the_flavours_i2v_pipeline(
+    flavour: str, tiny_ltx_dir: Path, tiny_ltx_condition_dir: Path
+) -> None:
+    """With validation_using_datasets, validation conditions on an image: LTXImageToVideoPipeline for the
+    flavours LTXPipeline serves, LTXConditionPipeline(image=...) for 0.9.7 / 0.9.8; the video equals what
+    that diffusers pipeline makes from the prompt and the (bucket-sized) image."""
+    from PIL import Image
+
+    from cinetune.config import TrainConfig
+
+    family, folder = _served(flavour, tiny_ltx_dir, tiny_ltx_condition_dir)
+    family.configure(TrainConfig(model_family="ltxvideo", validation_using_datasets=True))
+    assert family.conditions_on_image
+    tokenizer, encoder = family.load_text_encoder(torch.float32)
+    positive, negative = family.encode_text(
+        tokenizer, encoder, ["a red cat walks", ""], family.default_max_sequence_length
+    )
+    pipe = family.build_pipeline(
+        family.load_transformer(torch.float32).eval(),
+        family.load_vae(torch.float32).eval(),
+        family.load_scheduler(),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    size = {"width": 64, "height": 64, "num_frames": 9, "guidance_scale": 3.0, "num_inference_steps": 2}
+    conditioned = family.generate(
+        pipe,
+        positive,
+        negative,
+        **size,
+        frame_rate=24.0,
+        generator=torch.Generator().manual_seed(0),
+        device=torch.device("cpu"),
+        image=image,
+    )
+    plain = family.generate(
+        pipe,
+        positive,
+        negative,
+        **size,
+        frame_rate=24.0,
+        generator=torch.Generator().manual_seed(0),
+        device=torch.device("cpu"),
+    )
+    assert not np.allclose(conditioned.frames, plain.frames)
+    from diffusers import LTXImageToVideoPipeline
+
+    reference_class = LTXImageToVideoPipeline if flavour == "tiny" else LTXConditionPipeline
+    reference = reference_class.from_pretrained(folder)
+    reference.set_progress_bar_config(disable=True)
+    expected = reference(
+        image=Image.fromarray(image),
+        prompt="a red cat walks",
+        negative_prompt="",
+        **size,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+        **family.pipeline_call_kwargs(24.0),
+    ).frames[0]
+    np.testing.assert_allclose(conditioned.frames, expected, atol=1e-4)
+
+
 def test_ltx_condition_flavour_refuses_a_dynamic_shift_scheduler(tiny_ltx_dir: Path) -> None:
     family = build_family("ltxvideo", "0.9.7-13b-dev", str(tiny_ltx_dir))  # LTXPipeline-style scheduler
     with pytest.raises(ConfigError, match="dynamic-shift scheduler"):
@@ -313,3 +428,45 @@ def test_a_text_length_other_than_the_serving_pipelines_is_warned(caplog: pytest
         assert "max_sequence_length" not in caplog.text
     family.configure(SimpleNamespace(max_sequence_length=128))
     assert "LTXConditionPipeline encodes prompts for flavour 0.9.7-13b-dev at 256 tokens" in caplog.text
+
+
+def test_i2v_run_validates_on_the_eval_datasets_images(
+    tmp_path: Path, clips_dir: Path, make_config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `cinetune train` run with first-frame conditioning validates image-to-video on the eval dataset's
+    images (not trained on), through the family's I2V pipeline."""
+    from PIL import Image
+
+    from cinetune.cli import main
+
+    images = tmp_path / "eval"
+    images.mkdir()
+    Image.fromarray(np.full((64, 96, 3), 200, np.uint8)).save(images / "still.png")
+    eval_entry = {"id": "eval", "dataset_type": "image", "instance_data_dir": str(images), "resolution": 64}
+    path = make_config(
+        tmp_path,
+        clips_dir,
+        None,
+        max_train_steps=2,
+        first_frame_conditioning_p=1.0,
+        validation_prompt="a square",
+        validation_resolution="64x64",
+        validation_num_video_frames=9,
+        validation_num_inference_steps=2,
+        validation_using_datasets=True,
+        eval_dataset_id="eval",
+    )
+    datasets = json.loads((tmp_path / "config" / "multidatabackend.json").read_text())
+    (tmp_path / "config" / "multidatabackend.json").write_text(json.dumps([*datasets, eval_entry]))
+    seen: list[Any] = []
+    real = LTXVideoFamily.generate
+
+    def record(self, pipe, positive, negative, **kwargs):
+        seen.append(kwargs.get("image"))
+        return real(self, pipe, positive, negative, **kwargs)
+
+    monkeypatch.setattr(LTXVideoFamily, "generate", record)
+    assert main(["train", "--config", str(path)]) == 0
+    image, *_ = seen
+    assert image is not None and image.shape == (64, 96, 3) and int(image[0, 0, 0]) == 200
+    assert (tmp_path / "output" / "validation" / "step_2" / "validation_64x64.mp4").is_file()

@@ -23,14 +23,19 @@ BAD_CONFIGS: list[tuple[str, dict[str, Any], dict[str, Any], str]] = [
     ("flavour typo", {"model_flavour": "0.9.9"}, {}, "'0.9.9' is not a ltxvideo flavour"),
     ("flavour not built", {**_LTX2, "model_flavour": "dev-fp8"}, {}, "'dev-fp8' (LTX-2 with fp8 weights)"),
     ("VAE tiling on LTX-Video", {"vae_enable_tiling": True}, {}, "vae_enable_tiling is not supported yet"),
-    ("I2V training on LTX-Video", {"first_frame_conditioning_p": 0.5}, {}, "first_frame_conditioning_p is"),
+    (
+        "I2V training on Kandinsky 5",
+        {**_K5, "first_frame_conditioning_p": 0.5},
+        {},
+        "first_frame_conditioning_p is",
+    ),
     (
         "LTX-2 file name on Kandinsky",
         {**_K5, "ltx2_checkpoint_filename": "x.safetensors"},
         {},
         "ltx2_checkpo",
     ),
-    ("I2V validation on T2V", {"validation_using_datasets": True}, {}, "generates from text only"),
+    ("I2V validation on T2V", {**_K5, "validation_using_datasets": True}, {}, "generates from text only"),
     (
         "eval dataset missing",
         {**_K5, "model_flavour": "tiny-i2v", "eval_dataset_id": "nope"},

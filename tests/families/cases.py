@@ -68,6 +68,15 @@ class FamilyCase:
 CASES = [
     FamilyCase("ltxvideo", "ltxvideo", "tiny", "tiny", _ltx_folder, pipeline="LTXPipeline"),
     FamilyCase(
+        "ltxvideo-i2v",
+        "ltxvideo",
+        "tiny",
+        "tiny",
+        _ltx_folder,
+        config={"first_frame_conditioning_p": 0.5},
+        pipeline="LTXPipeline",
+    ),
+    FamilyCase(
         "ltxvideo-0.9.7",
         "ltxvideo",
         "0.9.7-13b-dev",

@@ -115,8 +115,10 @@ class TrainConfig(BaseModel):
         0.0,
         ge=0,
         le=1,
-        description="Image-to-video training: probability that a sample keeps its first frame clean "
-        "(timestep 0, no loss). 0 trains text-to-video only; the LTX-2 I2V example uses 0.5. ltxvideo2 only.",
+        description="Image-to-video training: probability that the first latent frame stays clean (timestep "
+        "0, no loss), so the LoRA keeps working for image-to-video. ltxvideo: one draw per batch, as "
+        "LTX-Video-Trainer (its default 0.1); ltxvideo2: one draw per sample (the LTX-2 I2V example uses "
+        "0.5). 0 trains text-to-video only.",
     )
     # lora
     lora_rank: int = Field(64, ge=1, description="LoRA rank.")

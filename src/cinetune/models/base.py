@@ -123,6 +123,9 @@ class ModelFamily(ABC):
     run_options: ClassVar[frozenset[str]] = frozenset()
     # Image-to-video: validation passes a conditioning image to `generate` (see training/validation.py).
     conditions_on_image: bool = False
+    # A text-to-video family whose pipeline can also condition on a first frame (LTX-Video, LTX-2): validation
+    # does so when the config asks (validation_using_datasets, with eval_dataset_id picking the clips).
+    image_validation_on_request: ClassVar[bool] = False
     # Dataset `audio` blocks (audio extraction, audio latents, joint loss) are built for this family.
     supports_audio: ClassVar[bool] = False
     # vae_latent_sampling when the config leaves it unset: "sample" (x0 from the posterior) or "mean".
@@ -202,6 +205,14 @@ class ModelFamily(ABC):
         for key in options:
             if getattr(cfg, key, False) and key not in self.run_options:
                 raise NotSupportedYet(f"{key} is not supported yet for the {self.name} family")
+        if self.image_validation_on_request:
+            self.conditions_on_image = bool(getattr(cfg, "validation_using_datasets", False))
+            if getattr(cfg, "eval_dataset_id", None) and not self.conditions_on_image:
+                raise ConfigError(
+                    "eval_dataset_id picks the clips image-to-video validation conditions on; "
+                    f"{self.name} validates that way with validation_using_datasets: true: set it, or remove "
+                    "eval_dataset_id"
+                )
         if not self.conditions_on_image and (
             getattr(cfg, "validation_using_datasets", False) or getattr(cfg, "eval_dataset_id", None)
         ):

@@ -3,7 +3,14 @@
 Nothing here knows a model family or the training loop; everything is a function of tensors.
 """
 
-from cinetune.objectives.flow import flow_loss, sample_latents, sample_sigmas, shift_sigmas
+from cinetune.objectives.flow import (
+    first_frame_mask,
+    flow_loss,
+    noisy_and_target,
+    sample_latents,
+    sample_sigmas,
+    shift_sigmas,
+)
 from cinetune.objectives.loss import LossOutput, LossStream, ModelInputs, compute_loss
 
 __all__ = [
@@ -11,7 +18,9 @@ __all__ = [
     "LossStream",
     "ModelInputs",
     "compute_loss",
+    "first_frame_mask",
     "flow_loss",
+    "noisy_and_target",
     "sample_latents",
     "sample_sigmas",
     "shift_sigmas",

@@ -35,6 +35,44 @@ def flow_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | Non
     return (err * m).sum() / m.sum().clamp(min=1.0)
 
 
+def first_frame_mask(
+    batch_size: int,
+    num_tokens: int,
+    frame_tokens: int,
+    probability: float,
+    generator: torch.Generator,
+    per_batch: bool = False,
+) -> torch.Tensor:
+    """(B, N) bool: True on the first `frame_tokens` tokens (latent frame 0) of the samples drawn for
+    first-frame conditioning. `per_batch`: one draw decides for the whole batch (LTX-Video-Trainer); else one
+    draw per sample (the LTX-2 trainer). A one-frame clip has nothing left to denoise: never conditioned.
+    """
+    mask = torch.zeros(batch_size, num_tokens, dtype=torch.bool)
+    if probability <= 0 or frame_tokens >= num_tokens:
+        return mask
+    draws = torch.rand(1 if per_batch else batch_size, generator=generator)
+    chosen = (draws < probability).expand(batch_size)
+    mask[chosen, :frame_tokens] = True
+    return mask
+
+
+def noisy_and_target(
+    x0: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor, clean: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Tokens (B, N, C) -> (noisy input, velocity target eps - x0, per-token sigma (B, N)).
+
+    `clean` (B, N) bool marks conditioning tokens: kept as x0 with sigma 0 (the families scale it to their
+    timestep: 1000 sigma, rounded for LTX-Video).
+    """
+    s = sigmas.view(-1, 1, 1).to(x0.dtype)
+    noisy = (1 - s) * x0 + s * noise
+    per_token = sigmas.view(-1, 1).expand(x0.shape[0], x0.shape[1]).to(x0.dtype)
+    if clean is not None:
+        noisy = torch.where(clean.unsqueeze(-1), x0, noisy)
+        per_token = per_token * (~clean).to(per_token.dtype)
+    return noisy, noise - x0, per_token
+
+
 def sample_latents(
     latents: torch.Tensor, latents_std: torch.Tensor | None, generator: torch.Generator
 ) -> torch.Tensor:

@@ -4,7 +4,9 @@ Facts (TRAINING_FACTS.md section 1): T5 last hidden state, right-padded to the s
 (LTXPipeline 128 tokens, T5 run without a mask; LTXConditionPipeline 256, mask passed to T5), bool mask; VAE
 latents normalized (z - mean_c) * sf / std_c; tokens ordered frame -> row -> col; target velocity eps - x0;
 sigma = sigmoid(N(mu(N), 1)) with mu(N) = 0.95 + (N - 1024) * 1.1 / 3072 over video tokens N;
-timestep round(1000 sigma); RoPE scale (8 / fps, 32, 32).
+timestep round(1000 sigma); RoPE scale (8 / fps, 32, 32). First-frame conditioning
+(`first_frame_conditioning_p`, LTX-Video-Trainer's `training_strategies.py`): one draw per batch; when drawn,
+every sample's latent frame 0 tokens stay clean, get timestep 0 and no loss.
 """
 
 from __future__ import annotations
@@ -12,13 +14,28 @@ from __future__ import annotations
 import logging
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from cinetune.errors import ConfigError
-from cinetune.models.base import Flavour, FrameRule, LibraryClass, ModelFamily, library_class
+from cinetune.models.base import (
+    Flavour,
+    FrameRule,
+    GeneratedVideo,
+    LibraryClass,
+    ModelFamily,
+    library_class,
+)
 from cinetune.models.loading import ComponentLoader
 from cinetune.models.ltxvideo.configs import ARCH_2B, ARCH_13B, TINY_TRANSFORMER_CONFIG
-from cinetune.objectives import LossStream, ModelInputs
+from cinetune.objectives import (
+    LossStream,
+    ModelInputs,
+    first_frame_mask,
+    noisy_and_target,
+    sample_latents,
+    sample_sigmas,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +118,8 @@ class LTXVideoFamily(ModelFamily):
         "norm_q": "q_norm",
         "norm_k": "k_norm",
     }
+    run_options: ClassVar[frozenset[str]] = frozenset({"first_frame_conditioning_p"})
+    image_validation_on_request: ClassVar[bool] = True
 
     def __init__(self, loader: ComponentLoader) -> None:
         self.loader = loader
@@ -111,6 +130,7 @@ class LTXVideoFamily(ModelFamily):
         # What the trainer encodes captions at when max_sequence_length is unset.
         self.default_max_sequence_length = served["max_sequence_length"]
         self.t5_attention_mask: bool = served["t5_attention_mask"]
+        self.first_frame_p = 0.0
 
     @property
     def pipeline_class(self) -> type:
@@ -118,6 +138,7 @@ class LTXVideoFamily(ModelFamily):
 
     def configure(self, cfg: Any) -> dict[str, Any]:
         resolved = super().configure(cfg)
+        self.first_frame_p = getattr(cfg, "first_frame_conditioning_p", 0.0)
         length = getattr(cfg, "max_sequence_length", None)
         if length and length != self.default_max_sequence_length:
             logger.warning(
@@ -235,15 +256,23 @@ class LTXVideoFamily(ModelFamily):
         text: dict[str, torch.Tensor],
         frame_rate: float,
         dtype: torch.dtype,
+        *,
+        first_frame: torch.Tensor | None = None,
     ) -> ModelInputs:
-        """Rectified-flow inputs: x_t = (1 - s) x0 + s eps, target eps - x0, timestep round(1000 s)."""
+        """Rectified-flow inputs: x_t = (1 - s) x0 + s eps, target eps - x0, timestep round(1000 s).
+
+        `first_frame` (B, N) marks clean conditioning tokens (LTX-Video-Trainer's first-frame conditioning):
+        they stay x0, get timestep 0 (the timestep becomes per token) and carry no loss."""
         _, _, frames, height, width = latents.shape
-        s = sigmas.view(-1, 1, 1, 1, 1).to(latents.dtype)
-        noisy = (1.0 - s) * latents + s * noise
-        target = pack_latents(noise - latents)
-        timestep = torch.round(sigmas * 1000.0).to(latents.device)
+        noisy, target, token_sigmas = noisy_and_target(
+            pack_latents(latents), pack_latents(noise), sigmas, first_frame
+        )
+        if first_frame is None:
+            timestep = torch.round(sigmas * 1000.0).to(latents.device)
+        else:
+            timestep = torch.round(token_sigmas * 1000.0)
         kwargs = {
-            "hidden_states": pack_latents(noisy).to(dtype),
+            "hidden_states": noisy.to(dtype),
             "encoder_hidden_states": text["prompt_embeds"].to(latents.device, dtype),
             "encoder_attention_mask": text["prompt_attention_mask"].to(latents.device),
             "timestep": timestep,
@@ -257,8 +286,40 @@ class LTXVideoFamily(ModelFamily):
             ),
             "return_dict": False,
         }
-        # LTX-Video-Trainer: the mean over every token of the batch.
-        return ModelInputs(kwargs=kwargs, streams=[LossStream("video", target)])
+        # LTX-Video-Trainer: the mean over every loss token of the batch, mean(L * m) / mean(m).
+        mask = None if first_frame is None else ~first_frame
+        return ModelInputs(kwargs=kwargs, streams=[LossStream("video", target, mask=mask)])
+
+    def training_inputs(
+        self,
+        batch: Any,
+        generator: torch.Generator,
+        sigma_sampler: str,
+        device: torch.device,
+        dtype: torch.dtype,
+        model_config: Any,
+    ) -> list[ModelInputs]:
+        """One forward; with first_frame_conditioning_p, one draw per batch decides whether every sample's
+        first latent frame conditions it (LTX-Video-Trainer). Draws come from `generator`."""
+        x0 = sample_latents(batch.latents, batch.latents_std, generator)
+        noise = torch.randn(x0.shape, generator=generator)
+        batch_size, _, frames, height, width = x0.shape
+        sigmas = sample_sigmas(batch_size, self.shift_mu(frames * height * width), sigma_sampler, generator)
+        first = None
+        if self.first_frame_p > 0:
+            first = first_frame_mask(
+                batch_size, frames * height * width, height * width, self.first_frame_p, generator, True
+            )
+        inputs = self.prepare_inputs(
+            x0.to(device),
+            noise.to(device),
+            sigmas.to(device),
+            batch.text,
+            batch.frame_rate,
+            dtype,
+            first_frame=first.to(device) if first is not None and bool(first.any()) else None,
+        )
+        return [inputs]
 
     def component_identity(self, kind: str) -> str:
         """The text entries also depend on whether T5 saw the attention mask (the length is keyed already)."""
@@ -272,6 +333,44 @@ class LTXVideoFamily(ModelFamily):
         return self.pipeline_class(
             transformer=transformer, vae=vae, scheduler=scheduler, text_encoder=None, tokenizer=None
         )
+
+    def generate(
+        self,
+        pipe: Any,
+        positive: dict[str, torch.Tensor],
+        negative: dict[str, torch.Tensor],
+        *,
+        image: np.ndarray | None = None,
+        **kwargs: Any,
+    ) -> GeneratedVideo:
+        """Text-to-video; with `image` (validation_using_datasets) image-to-video: LTXImageToVideoPipeline for
+        the flavours LTXPipeline serves, LTXConditionPipeline's own `image` for 0.9.7 / 0.9.8. The image is
+        cropped and resized to the validation size as training clips are."""
+        if image is None:
+            return super().generate(pipe, positive, negative, **kwargs)
+        from PIL import Image
+
+        from cinetune.data import fit_image
+
+        if self.pipeline_name == "LTXPipeline":
+            pipe = library_class("diffusers.LTXImageToVideoPipeline")(**pipe.components)
+            pipe.set_progress_bar_config(disable=True)
+        size = (kwargs["width"], kwargs["height"])
+        picture = Image.fromarray(fit_image(Image.fromarray(image), size))
+        text = {k: v.to(kwargs["device"]) for k, v in self.pipeline_text_kwargs(positive, negative).items()}
+        output = pipe(
+            image=picture,
+            **text,
+            width=kwargs["width"],
+            height=kwargs["height"],
+            num_frames=kwargs["num_frames"],
+            guidance_scale=kwargs["guidance_scale"],
+            num_inference_steps=kwargs["num_inference_steps"],
+            generator=kwargs["generator"],
+            output_type="np",
+            **self.pipeline_call_kwargs(kwargs["frame_rate"]),
+        )
+        return GeneratedVideo(frames=np.asarray(output.frames[0], dtype=np.float32))
 
     def pipeline_call_kwargs(self, frame_rate: float) -> dict[str, Any]:
         flavour = self.flavours[self.loader.flavour]

@@ -153,6 +153,7 @@ class LTX2Family(ModelFamily):
         {"first_frame_conditioning_p", "ltx2_checkpoint_filename"}
     )
     supports_audio: ClassVar[bool] = True
+    image_validation_on_request: ClassVar[bool] = True
     default_vae_latent_sampling: ClassVar[str] = "mean"  # the LTX-2 trainer caches the posterior mean
     _ltx2_3: bool | None = None  # set from the transformer's config once loaded
 
@@ -180,14 +181,7 @@ class LTX2Family(ModelFamily):
 
     def configure(self, cfg: Any) -> dict[str, Any]:
         """Options of this run: checkpoint file, text length, I2V probability, validation conditioning."""
-        self.conditions_on_image = bool(getattr(cfg, "validation_using_datasets", False))
-        if getattr(cfg, "eval_dataset_id", None) and not self.conditions_on_image:
-            raise ConfigError(
-                "eval_dataset_id picks the clips image-to-video (and sound-to-video) validation conditions "
-                "on; LTX-2 validates that way with validation_using_datasets: true: set it, or remove "
-                "eval_dataset_id"
-            )
-        resolved = super().configure(cfg)
+        resolved = super().configure(cfg)  # image-to-video validation on request (and sound-to-video)
         self._use_checkpoint_filename(cfg.ltx2_checkpoint_filename)
         self.max_sequence_length = cfg.max_sequence_length or self.default_max_sequence_length
         connectors = self.flavours[self.loader.flavour].extra.get("connectors_config", {})
@@ -460,9 +454,10 @@ class LTX2Family(ModelFamily):
         video-only forward."""
         batch, _, frames, height, width = latents.shape
         device = latents.device
-        noisy, target, timestep = noisy_and_target(
+        noisy, target, token_sigmas = noisy_and_target(
             pack_latents(latents), pack_latents(noise), sigmas, first_frame
         )
+        timestep = token_sigmas * 1000.0
         if first_frame is None or not bool(first_frame.any()):
             timestep = sigmas * 1000.0  # one value per sample: the same as per-token, cheaper
         video_ctx, audio_ctx, ctx_mask = text_module.run_connectors(self.connectors(device, dtype), text)

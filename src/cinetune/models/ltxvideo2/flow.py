@@ -18,6 +18,11 @@ import torch
 
 from cinetune.models.ltxvideo.family import ltx_mu
 
+# First-frame conditioning and the noisy input are shared with LTX-Video (cinetune.objectives).
+from cinetune.objectives import first_frame_mask, noisy_and_target
+
+__all__ = ["first_frame_mask", "noisy_and_target", "sample_sigmas", "stretched_logit_normal"]
+
 _HIGH_PERCENTILE = 3.0902  # 99.9th percentile of N(0, 1)
 _LOW_PERCENTILE = -2.5758  # 0.5th percentile
 
@@ -49,34 +54,3 @@ def sample_sigmas(batch_size: int, num_tokens: int, sampler: str, generator: tor
     if sampler == "uniform":
         return torch.rand(batch_size, generator=generator)
     raise ValueError(f"unknown sigma sampler '{sampler}'")
-
-
-def first_frame_mask(
-    batch_size: int, num_tokens: int, frame_tokens: int, probability: float, generator: torch.Generator
-) -> torch.Tensor:
-    """(B, N) bool: True on the first `frame_tokens` tokens of the samples drawn for conditioning (p each).
-
-    A one-frame clip has nothing left to denoise, so it is never conditioned.
-    """
-    mask = torch.zeros(batch_size, num_tokens, dtype=torch.bool)
-    if probability <= 0 or frame_tokens >= num_tokens:
-        return mask
-    chosen = torch.rand(batch_size, generator=generator) < probability
-    mask[chosen, :frame_tokens] = True
-    return mask
-
-
-def noisy_and_target(
-    x0: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor, clean: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Tokens (B, N, C) -> (noisy input, velocity target eps - x0, per-token timestep 1000 sigma (B, N)).
-
-    `clean` (B, N) bool marks conditioning tokens: kept as x0 with timestep 0.
-    """
-    s = sigmas.view(-1, 1, 1).to(x0.dtype)
-    noisy = (1 - s) * x0 + s * noise
-    timestep = (sigmas.view(-1, 1) * 1000.0).expand(x0.shape[0], x0.shape[1]).to(x0.dtype)
-    if clean is not None:
-        noisy = torch.where(clean.unsqueeze(-1), x0, noisy)
-        timestep = timestep * (~clean).to(timestep.dtype)
-    return noisy, noise - x0, timestep

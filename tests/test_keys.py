@@ -339,6 +339,7 @@ RUNS: dict[str, dict[str, Any]] = {
         **VALIDATION,
     },
     "quiet": {"checkpointing_steps": 2, "disable_validation": True, **VALIDATION},
+    "ema": {"checkpointing_steps": 2, "disable_validation": True, "use_ema": True},
 }
 
 
@@ -719,6 +720,83 @@ def probe_lora_init_type(w: World) -> None:
     bound = max(float(x.detach().abs().max()) for x in a)  # kaiming-uniform is bounded; a gaussian is not
     assert max(float(y.detach().abs().max()) for y in g) > bound
     _rejected(lambda: w.plan(lora_init_type="pissa"), "lora_init_type")
+
+
+# ---- TrainConfig: EMA -----------------------------------------------------------------------------------
+def _ema_after(w: World, steps: int, **kw: Any) -> tuple[Trainer, list[dict[str, torch.Tensor]]]:
+    """A trainer with use_ema after `steps` optimizer steps, and the trainable weights after each."""
+    trainer = w.trainer(use_ema=True, **kw)
+    weights = []
+    for step in range(steps):
+        trainer.state.step = step  # the loop's count: optimizer_step takes step + 1
+        trainer.optimizer_step([w.batch(trainer)])
+        weights.append(_lora_state(trainer.model))
+    return trainer, weights
+
+
+def _shadow(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {n.replace(".default.weight", ""): t for n, t in trainer.extras.ema.shadow().items()}
+
+
+def _same(shadow: dict[str, torch.Tensor], weights: dict[str, torch.Tensor]) -> bool:
+    return all(torch.allclose(shadow[n.replace(".default.weight", "")], v) for n, v in weights.items())
+
+
+def probe_use_ema(w: World) -> None:
+    assert w.trainer().extras.ema is None
+    trainer, weights = _ema_after(w, 1)
+    assert _same(_shadow(trainer), weights[0])  # the first update copies the weights
+    assert _checkpoints(w.run("ema")) == ["checkpoint-2", "checkpoint-4"]
+    assert (w.run("ema") / "checkpoint-2" / "ema.safetensors").is_file()
+    assert (w.run("ema") / "ema" / "pytorch_lora_weights.safetensors").is_file()
+    assert not (w.run("quiet") / "ema").exists()
+
+
+def probe_ema_decay(w: World) -> None:
+    half, weights = _ema_after(w, 2, ema_decay=0.5, ema_warmup_steps=1)
+    slow, _ = _ema_after(w, 2, ema_decay=0.9, ema_warmup_steps=1)
+    for name, value in weights[1].items():
+        key = name.replace(".default.weight", "")
+        torch.testing.assert_close(_shadow(half)[key], 0.5 * weights[0][name] + 0.5 * value)
+    assert not _same(_shadow(slow), {k: _shadow(half)[k.replace(".default.weight", "")] for k in weights[1]})
+    assert any("ema_decay changes nothing" in m for m in w.plan(ema_decay=0.9).warnings)
+
+
+def probe_ema_update_interval(w: World) -> None:
+    every, _ = _ema_after(w, 2)
+    second, weights = _ema_after(w, 2, ema_update_interval=2)
+    assert every.extras.ema.updates == 2 and second.extras.ema.updates == 1
+    assert _same(_shadow(second), weights[1])  # its first update (step 2) copied step 2's weights
+
+
+def probe_ema_device(w: World) -> None:
+    assert w.trainer(use_ema=True).extras.ema.device == CPU
+    with _logged() as messages:
+        trainer = w.trainer(use_ema=True, ema_device="accelerator")
+    assert trainer.extras.ema.device == trainer.device
+    if NO_GPU:
+        assert any("ema_device: accelerator changes nothing here" in m for m in messages)
+    _rejected(lambda: w.plan(use_ema=True, ema_device="gpu"), "ema_device")
+
+
+def probe_ema_warmup_steps(w: World) -> None:
+    ramp, weights = _ema_after(w, 2, ema_decay=0.9)
+    warm, _ = _ema_after(w, 2, ema_decay=0.9, ema_warmup_steps=2)
+    assert _same(_shadow(warm), weights[1])  # up to step 2 the EMA copies the weights
+    assert not _same(_shadow(ramp), weights[1])  # the ramp's second update averages (d = 2 / 11)
+
+
+def _validation_files(w: World, **kw: Any) -> list[str]:
+    trainer = w.cached(**VALIDATION, use_ema=True, **kw)
+    trainer.prepare()
+    return sorted(p.name for p in trainer.validate(1))
+
+
+def probe_ema_validation(w: World) -> None:
+    assert _validation_files(w) == ["validation_64x64.mp4", "validation_ema_64x64.mp4"]  # comparison
+    assert _validation_files(w, ema_validation="ema_only") == ["validation_ema_64x64.mp4"]
+    assert _validation_files(w, ema_validation="none") == ["validation_64x64.mp4"]
+    assert any("ema_validation" in m for m in w.plan(ema_validation="none").warnings)
 
 
 # ---- TrainConfig: checkpoints ----------------------------------------------------------------------------
@@ -1349,6 +1427,12 @@ TRAIN_KEYS: dict[str, Any] = {
     "lora_target_modules": probe_lora_target_modules,
     "init_lora": probe_init_lora,
     "lora_init_type": probe_lora_init_type,
+    "use_ema": probe_use_ema,
+    "ema_decay": probe_ema_decay,
+    "ema_update_interval": probe_ema_update_interval,
+    "ema_device": probe_ema_device,
+    "ema_warmup_steps": probe_ema_warmup_steps,
+    "ema_validation": probe_ema_validation,
     "checkpointing_steps": probe_checkpointing_steps,
     "checkpoints_total_limit": probe_checkpoints_total_limit,
     "resume_from_checkpoint": probe_resume_from_checkpoint,

@@ -146,6 +146,10 @@ _MOOT: dict[str, tuple[str, Any, str]] = {
     "tracker_project_name": ("report_to", lambda v: v == "none", "report_to is none"),
     "tracker_run_name": ("report_to", lambda v: v == "none", "report_to is none"),
     "checkpoints_total_limit": ("checkpointing_steps", lambda v: v is None, "no checkpoint is written"),
+    **{
+        key: ("use_ema", lambda v: not v, "use_ema is false")
+        for key in ("ema_decay", "ema_update_interval", "ema_device", "ema_warmup_steps", "ema_validation")
+    },
 }
 _VALIDATION_KEYS = (
     "validation_steps",
@@ -158,6 +162,7 @@ _VALIDATION_KEYS = (
     "validation_num_inference_steps",
     "validation_seed",
     "validation_using_datasets",
+    "ema_validation",
 )
 
 

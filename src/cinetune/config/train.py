@@ -134,6 +134,30 @@ class TrainConfig(BaseModel):
         "PiSSA/OLoRA are not supported: they rewrite the frozen weights, so an exported LoRA would not fit "
         "the base model.",
     )
+    # EMA of the trained weights
+    use_ema: bool = Field(
+        False,
+        description="Keep an exponential moving average of the trained (LoRA) weights; it is saved in "
+        "checkpoints and exported beside the LoRA as OUTPUT_DIR/ema/ (same file names).",
+    )
+    ema_decay: float = Field(
+        0.995, gt=0, lt=1, description="EMA decay (the average keeps d of itself per update)."
+    )
+    ema_update_interval: int = Field(1, ge=1, description="Update the EMA every N optimizer steps.")
+    ema_device: Literal["cpu", "accelerator"] = Field(
+        "cpu", description="Where the EMA weights live: cpu (no device memory) or accelerator (faster)."
+    )
+    ema_warmup_steps: int = Field(
+        0,
+        ge=0,
+        description="Up to this optimizer step the EMA copies the weights, then it uses ema_decay flat. 0: "
+        "diffusers' ramp: the n-th update uses min(ema_decay, n / (n + 9)), the first copies.",
+    )
+    ema_validation: Literal["none", "ema_only", "comparison"] = Field(
+        "comparison",
+        description="With use_ema: validate with the trained weights (none), the EMA weights (ema_only), or "
+        "both (comparison: the EMA videos are named <prompt>_ema_<W>x<H>.mp4).",
+    )
     # checkpoints
     checkpointing_steps: int | None = Field(
         None,

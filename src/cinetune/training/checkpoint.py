@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,14 @@ LORA_FILE = "lora.safetensors"
 
 
 class Checkpointer:
-    def __init__(self, output_dir: Path, total_limit: int | None, accelerator: Any) -> None:
+    def __init__(
+        self, output_dir: Path, total_limit: int | None, accelerator: Any, parts: Sequence[Any] = ()
+    ) -> None:
         self.output_dir = Path(output_dir)
         self.total_limit = total_limit
         self.accelerator = accelerator
+        # Extra state of the run's optional features (EMA...): objects with save(folder) / load(folder).
+        self.parts = list(parts)
 
     def save(
         self, step: int, model: torch.nn.Module, optimizer: Any, scheduler: Any, state: TrainState
@@ -45,6 +50,8 @@ class Checkpointer:
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
             if acc.scaler is not None:  # fp16: the loss scale and its growth tracker
                 torch.save(acc.scaler.state_dict(), tmp / "scaler.pt")
+            for part in self.parts:
+                part.save(tmp)
             (tmp / "state.json").write_text(
                 json.dumps(
                     {**state.state_dict(), "world_size": acc.num_processes, "lora": _lora_shape(model)}
@@ -107,6 +114,8 @@ class Checkpointer:
         scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
         if acc.scaler is not None and (path / "scaler.pt").exists():
             acc.scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=False))
+        for part in self.parts:
+            part.load(path)
         state.load_state_dict(meta)
         load_rng_state(torch.load(path / f"rng_{acc.process_index}.pt", weights_only=False), state.generator)
 

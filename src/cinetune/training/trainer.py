@@ -25,6 +25,7 @@ from cinetune.export.lora import COMFYUI_FILE, save_diffusers_lora
 from cinetune.plan import RunPlan, resolve_checkpoint
 from cinetune.training.batches import Batch, load_batch
 from cinetune.training.checkpoint import Checkpointer
+from cinetune.training.extras import RunExtras
 from cinetune.training.metrics import MetricsLog, make_progress
 from cinetune.training.optim import build_optimizer, build_scheduler
 from cinetune.training.sampler import epoch_batches, plan_epoch
@@ -159,7 +160,9 @@ class Trainer:
         cfg = self.cfg
         self.total_steps = cfg.max_train_steps or cfg.num_train_epochs * self.steps_per_epoch
         self.setup_model(self.family.load_transformer(self.weight_dtype), self.total_steps)
-        self.checkpointer = Checkpointer(self.output_dir, cfg.checkpoints_total_limit, self.acc)
+        self.checkpointer = Checkpointer(
+            self.output_dir, cfg.checkpoints_total_limit, self.acc, self.extras.checkpoint_parts()
+        )
         self.validator = self._make_validator()
         self.metrics = MetricsLog(self.output_dir, self.acc, cfg.report_to != "none")
         if cfg.report_to != "none":
@@ -212,6 +215,8 @@ class Trainer:
         self.scheduler = build_scheduler(optimizer, cfg, total_steps)
         self.model, self.optimizer = self.acc.prepare(transformer, optimizer)
         self.params = params
+        named = [(n, p) for n, p in self.acc.unwrap_model(self.model).named_parameters() if p.requires_grad]
+        self.extras = RunExtras(cfg, named, self.device)  # EMA...: the optional features (training/extras.py)
 
     def _make_validator(self) -> Validator | None:
         cfg = self.cfg
@@ -344,6 +349,7 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self.extras.after_optimizer_step(self.state.step + 1)
         mean = self.acc.reduce(total, reduction="mean")
         return float(mean), grad_norm
 
@@ -358,14 +364,16 @@ class Trainer:
             self.validate(step)
 
     def validate(self, step: int) -> list[Path]:
-        written = []
-        if self.validator is not None:
-            written = self.validator.run(
-                step,
-                self.acc.unwrap_model(self.model),
-                self.output_dir,
-                on_video=lambda name, v: self.metrics.log_video_frames(step, name, v),
-            )
+        written: list[Path] = []
+        for tag, weights in self.extras.validation_variants() if self.validator is not None else []:
+            with weights():  # the trained weights, or the EMA's
+                written += self.validator.run(
+                    step,
+                    self.acc.unwrap_model(self.model),
+                    self.output_dir,
+                    on_video=lambda name, v: self.metrics.log_video_frames(step, name, v),
+                    tag=tag,
+                )
         self.acc.wait_for_everyone()
         return written
 
@@ -394,18 +402,24 @@ class Trainer:
         videos = self.validate(step)
         result: dict[str, Any] = {"steps": step, "losses": self.losses, "videos": [str(v) for v in videos]}
         if self.acc.is_main_process:
-            config = self.lora_config.to_dict()
-            config["target_modules"] = sorted(config["target_modules"])
-            result["lora"] = str(
-                save_diffusers_lora(
-                    self.output_dir, self.family.pipeline_class, self.acc.unwrap_model(self.model), config
-                )
-            )
-            result["comfyui"] = str(self.family.export_comfyui(self.output_dir))
-            logger.info("LoRA written: %s and %s", result["lora"], self.output_dir / COMFYUI_FILE)
+            result["lora"], result["comfyui"] = self.export_lora(self.output_dir)
+            for folder, weights in self.extras.export_variants(self.output_dir):  # the EMA's LoRA
+                with weights():
+                    result[folder.name] = self.export_lora(folder)[0]
         self.acc.wait_for_everyone()
         self.acc.end_training()
         return result
+
+    def export_lora(self, folder: Path) -> tuple[str, str]:
+        """The diffusers and ComfyUI files of the model's LoRA as it is now, in `folder`."""
+        folder.mkdir(parents=True, exist_ok=True)
+        config = self.lora_config.to_dict()
+        config["target_modules"] = sorted(config["target_modules"])
+        model = self.acc.unwrap_model(self.model)
+        lora = save_diffusers_lora(folder, self.family.pipeline_class, model, config)
+        comfyui = self.family.export_comfyui(folder)
+        logger.info("LoRA written: %s and %s", lora, folder / COMFYUI_FILE)
+        return str(lora), str(comfyui)
 
 
 def _peft_init(kind: str) -> Any:

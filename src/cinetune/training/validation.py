@@ -85,8 +85,11 @@ class Validator:
             self.sizes.append(size)
 
     @torch.no_grad()
-    def run(self, step: int, model: torch.nn.Module, output_dir: Path, on_video: Any = None) -> list[Path]:
-        """Write OUTPUT_DIR/validation/step_N/<prompt>_<W>x<H>.mp4 for every prompt and resolution."""
+    def run(
+        self, step: int, model: torch.nn.Module, output_dir: Path, on_video: Any = None, tag: str = ""
+    ) -> list[Path]:
+        """Write OUTPUT_DIR/validation/step_N/<prompt><tag>_<W>x<H>.mp4 for every prompt and resolution (tag
+        "_ema": the EMA weights)."""
         folder = Path(output_dir) / "validation" / f"step_{step}"
         folder.mkdir(parents=True, exist_ok=True)
         was_training = model.training
@@ -122,11 +125,11 @@ class Validator:
                         **extra,
                     )
                 video = (np.clip(result.frames, 0, 1) * 255).round().astype(np.uint8)
-                path = folder / f"{name}_{width}x{height}.mp4"
+                path = folder / f"{name}{tag}_{width}x{height}.mp4"
                 write_video(path, video, self.frame_rate, audio=result.audio, sample_rate=result.sample_rate)
                 written.append(path)
                 if on_video is not None:
-                    on_video(f"{name}_{width}x{height}", video)
+                    on_video(f"{name}{tag}_{width}x{height}", video)
         if self.offload_vae:  # back to the CPU until the next validation: the VAE and the family's others
             for module in (self.vae, *self.family.validation_modules()):
                 module.to("cpu")

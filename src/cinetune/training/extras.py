@@ -1,0 +1,46 @@
+"""The optional training features of a run, gathered in one place the trainer calls at fixed points.
+
+Each feature is off by default and lives in its own module (ema.py, ...); `RunExtras` builds the ones the
+config turns on and answers the trainer's few questions: what to do after an optimizer step, which extra
+state a checkpoint holds, which weights validation and export run with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cinetune.training.ema import WeightEMA
+
+Weights = Callable[[], AbstractContextManager[Any]]
+
+
+class RunExtras:
+    def __init__(self, cfg: Any, named_params: list[tuple[str, torch.nn.Parameter]], device: torch.device):
+        self.cfg = cfg
+        self.ema = WeightEMA(named_params, cfg, device) if cfg.use_ema else None
+
+    def after_optimizer_step(self, step: int) -> None:
+        """`step`: the optimizer step just taken (1-based)."""
+        if self.ema is not None:
+            self.ema.update(step)
+
+    def checkpoint_parts(self) -> list[Any]:
+        """Objects with `save(folder)` and `load(folder)`: state a resumed run needs besides the LoRA."""
+        return [self.ema] if self.ema is not None else []
+
+    def validation_variants(self) -> list[tuple[str, Weights]]:
+        """(file-name tag, weights to validate with) pairs: the trained weights, the EMA's, or both."""
+        plain: list[tuple[str, Weights]] = [("", nullcontext)]
+        if self.ema is None or self.cfg.ema_validation == "none":
+            return plain
+        ema: list[tuple[str, Weights]] = [("_ema", self.ema.swapped)]
+        return ema if self.cfg.ema_validation == "ema_only" else plain + ema
+
+    def export_variants(self, output_dir: Path) -> list[tuple[Path, Weights]]:
+        """Besides the LoRA in OUTPUT_DIR: (folder, weights) of the other exported LoRAs (OUTPUT_DIR/ema)."""
+        return [] if self.ema is None else [(Path(output_dir) / "ema", self.ema.swapped)]

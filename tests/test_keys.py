@@ -414,10 +414,45 @@ def probe_model_type(w: World) -> None:
     _rejected(lambda: w.plan(model_type="full"), "model_type", "'lora'", "(got 'full')")
 
 
+def _lycoris_config(w: World, algo: str = "lokr") -> str:
+    path = w.fresh("lycoris") / "lycoris.json"
+    path.write_text(json.dumps({"algo": algo, "linear_dim": 4, "linear_alpha": 2, "factor": 4}))
+    return str(path)
+
+
 def probe_lora_type(w: World) -> None:
-    assert w.plan(lora_type="standard").train.lora_type == "standard"
-    _rejected(lambda: w.plan(lora_type="lycoris"), "LyCORIS", "not supported yet", error=NotSupportedYet)
+    standard = w.trainer(lora_type="standard")
+    assert type(standard.adapter).__name__ == "PeftAdapter" and _lora_modules(standard.model)
+    lycoris = w.trainer(lora_type="lycoris", lycoris_config=_lycoris_config(w))
+    assert type(lycoris.adapter).__name__ == "LycorisAdapter" and not _lora_modules(lycoris.model)
+    assert len(lycoris.adapter.network.loras) == len(_lora_modules(standard.model))  # the same targets
     _rejected(lambda: w.plan(lora_type="dora"), "lora_type", "'standard'")
+    _rejected(lambda: w.plan(lora_type="lycoris"), "needs lycoris_config")
+
+
+def probe_lycoris_config(w: World) -> None:
+    lokr = w.trainer(lora_type="lycoris", lycoris_config=_lycoris_config(w, "lokr"))
+    loha = w.trainer(lora_type="lycoris", lycoris_config=_lycoris_config(w, "loha"))
+    assert {type(m).__name__ for m in lokr.adapter.network.loras} == {"LokrModule"}
+    assert {type(m).__name__ for m in loha.adapter.network.loras} == {"LohaModule"}
+    assert any(
+        "lycoris_config changes nothing" in m for m in w.plan(lycoris_config=_lycoris_config(w)).warnings
+    )
+    _rejected(
+        lambda: w.plan(lora_type="lycoris", lycoris_config=_lycoris_config(w, "dylora")),
+        "algo 'dylora' is not supported yet",
+        error=NotSupportedYet,
+    )
+
+
+def probe_use_dora(w: World) -> None:
+    plain, dora = w.trainer(), w.trainer(use_dora=True)
+    assert not any("magnitude" in n for n in _lora_state(plain.model))
+    magnitudes = [n for n in _lora_state(dora.model) if "lora_magnitude_vector" in n]
+    assert len(magnitudes) == len(_lora_modules(dora.model))
+    _rejected(
+        lambda: w.plan(use_dora=True, lora_type="lycoris", lycoris_config=_lycoris_config(w)), "dora_wd"
+    )
 
 
 def probe_base_model_precision(w: World) -> None:
@@ -1397,6 +1432,8 @@ TRAIN_KEYS: dict[str, Any] = {
     "ltx2_checkpoint_filename": probe_ltx2_checkpoint_filename,
     "model_type": probe_model_type,
     "lora_type": probe_lora_type,
+    "lycoris_config": probe_lycoris_config,
+    "use_dora": probe_use_dora,
     "base_model_precision": probe_base_model_precision,
     "output_dir": probe_output_dir,
     "data_backend_config": probe_data_backend_config,

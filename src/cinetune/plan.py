@@ -21,7 +21,8 @@ from types import MappingProxyType
 from typing import Any
 
 from cinetune.config import DataBackendConfig, DatasetConfig, LoadedConfig, TrainConfig
-from cinetune.errors import ConfigError
+from cinetune.config.lycoris import read_lycoris_config
+from cinetune.errors import ConfigError, NotSupportedYet
 from cinetune.models.base import Flavour, ModelFamily
 from cinetune.models.registry import build_family
 
@@ -146,6 +147,15 @@ _MOOT: dict[str, tuple[str, Any, str]] = {
     "tracker_project_name": ("report_to", lambda v: v == "none", "report_to is none"),
     "tracker_run_name": ("report_to", lambda v: v == "none", "report_to is none"),
     "checkpoints_total_limit": ("checkpointing_steps", lambda v: v is None, "no checkpoint is written"),
+    "lycoris_config": ("lora_type", lambda v: v != "lycoris", "lora_type is not lycoris"),
+    **{
+        key: (
+            "lora_type",
+            lambda v: v == "lycoris",
+            "lora_type lycoris takes its settings from lycoris_config",
+        )
+        for key in ("lora_rank", "lora_alpha", "lora_dropout", "lora_init_type")
+    },
     **{
         key: ("use_ema", lambda v: not v, "use_ema is false")
         for key in ("ema_decay", "ema_update_interval", "ema_device", "ema_warmup_steps", "ema_validation")
@@ -193,12 +203,30 @@ def _check_files(train: TrainConfig) -> None:
     """Files the config names exist before anything heavy starts."""
     if train.init_lora is not None and not Path(train.init_lora).is_file():
         raise ConfigError(f"init_lora: file not found: {train.init_lora}")
+    _check_adapter(train)
     if train.report_to == "wandb":
         try:
             import wandb  # noqa: F401
         except ImportError as exc:
             raise ConfigError("report_to: 'wandb' needs the wandb package (pip install wandb)") from exc
     resolve_checkpoint(train.output_dir, train.resume_from_checkpoint)
+
+
+def _check_adapter(train: TrainConfig) -> None:
+    """LyCORIS and DoRA rules (the adapter itself is built in training/adapters.py)."""
+    if train.lora_type != "lycoris":
+        return
+    if train.lycoris_config is None:
+        raise ConfigError(
+            "lora_type lycoris needs lycoris_config (a JSON file: algo, linear_dim, linear_alpha...)"
+        )
+    if train.use_dora:
+        raise ConfigError(
+            "use_dora is peft's DoRA for lora_type standard; LyCORIS sets it as dora_wd in lycoris_config"
+        )
+    if train.init_lora is not None:
+        raise NotSupportedYet("init_lora with lora_type lycoris is not supported yet")
+    read_lycoris_config(train.lycoris_config)
 
 
 def _validation_prompts(cfg: TrainConfig) -> dict[str, str]:

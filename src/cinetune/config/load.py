@@ -37,7 +37,6 @@ NOT_SUPPORTED_YET: dict[str, str] = {
     "deepspeed_config": "DeepSpeed",
     "push_to_hub": "pushing to the hub",
     "hub_model_id": "pushing to the hub",
-    "lycoris_config": "LyCORIS",
     "controlnet": "ControlNet",
     "conditioning_data": "conditioning datasets",
     "vae_enable_temporal_roll": "VAE temporal roll",
@@ -45,7 +44,6 @@ NOT_SUPPORTED_YET: dict[str, str] = {
     "vae_batch_size": "batched VAE caching",
     "musubi_block_swap_device": "block swap",
     "text_encoder_2_precision": "text-encoder quantization",
-    "use_dora": "DoRA",
     "ramtorch": "RamTorch offload",
 }
 # Key families of features not built yet, by prefix (crepa_lambda, scheduled_sampling_probability, ...).
@@ -60,7 +58,6 @@ NOT_SUPPORTED_PREFIXES: dict[str, str] = {
 # Values the quickstarts use for features not built yet: key -> {value prefix/suffix test, what it is}.
 _NOT_SUPPORTED_VALUES: dict[str, tuple[tuple[str, ...], str]] = {
     "base_model_precision": (("-quanto", "-torchao", "-bnb"), "quantized base model weights"),
-    "lora_type": (("lycoris",), "LyCORIS adapters (LoKr / LoHa)"),
 }
 # Older and newer spellings of the same key (SimpleTuner renamed these): alias -> key.
 KEY_ALIASES: dict[str, str] = {

@@ -52,7 +52,20 @@ class TrainConfig(BaseModel):
         "Default: ltx-2-19b-dev.safetensors.",
     )
     model_type: Literal["lora"] = Field("lora", description="What is trained. Only 'lora' is supported yet.")
-    lora_type: Literal["standard"] = Field("standard", description="LoRA kind. Only 'standard' (PEFT LoRA).")
+    lora_type: Literal["standard", "lycoris"] = Field(
+        "standard",
+        description="Adapter: standard (peft LoRA, DoRA with use_dora) or lycoris (LoKr / LoHa from the "
+        "lycoris-lora package, set up by lycoris_config).",
+    )
+    lycoris_config: Path | None = Field(
+        None,
+        description="lora_type lycoris: JSON file of LyCORIS settings (algo lokr or loha, linear_dim, "
+        "linear_alpha, the algorithm's options such as factor, an optional apply_preset; without one the "
+        "adapted modules are lora_target_modules).",
+    )
+    use_dora: bool = Field(
+        False, description="Train DoRA (peft's weight-decomposed LoRA: a magnitude per output row) instead."
+    )
     base_model_precision: Literal["no_change", "bf16", "fp16", "fp32"] = Field(
         "no_change", description="Storage dtype of frozen weights. no_change: the mixed_precision dtype."
     )

@@ -1,8 +1,15 @@
 """LoRA files: the diffusers format (`pytorch_lora_weights.safetensors`) and the ComfyUI / original format.
 
 diffusers keys: `transformer.<module>.lora_A.weight`, alpha and rank in the safetensors metadata
-(`lora_adapter_metadata`). ComfyUI keys: `diffusion_model.<original module name>.lora_A.weight` plus a
-`<module>.alpha` tensor, which ComfyUI reads as scale alpha / rank, so strength 1.0 gives the trained scale.
+(`lora_adapter_metadata`); DoRA adds `transformer.<module>.lora_magnitude_vector`. ComfyUI keys:
+`diffusion_model.<original module name>.lora_A.weight` plus a `<module>.alpha` tensor, which ComfyUI reads as
+scale alpha / rank, so strength 1.0 gives the trained scale; DoRA's magnitude becomes `<module>.dora_scale`
+(out, 1), the output-axis weight decomposition peft trains: W' = m (W + dW) / ||W + dW|| per output row.
+
+A LyCORIS run writes LyCORIS's own file under the same name (`lycoris_<module path with _>.lokr_w1`...,
+`.alpha`), with the module paths in its metadata; `read_lora` gives it back keyed
+`transformer.<module>.<part>` so the ComfyUI file is made the same way (`diffusion_model.<module>.lokr_w1`,
+ComfyUI's LoKr / LoHa names).
 """
 
 from __future__ import annotations
@@ -22,7 +29,12 @@ from cinetune.errors import ConfigError
 logger = logging.getLogger(__name__)
 DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
 COMFYUI_FILE = "pytorch_lora_weights_comfyui.safetensors"
+# A LyCORIS LoKr run also writes this: peft's LoKr layout, for `pipe.transformer.load_lora_adapter(path,
+# prefix="transformer")` (the pipelines' load_lora_weights take LoRA keys only).
+DIFFUSERS_LOKR_FILE = "pytorch_lokr_weights_diffusers.safetensors"
 _METADATA_KEY = "lora_adapter_metadata"
+LYCORIS_MODULES_KEY = "cinetune_lycoris_modules"  # metadata of a LyCORIS file: its names -> module paths
+_ADAPTER_PARTS = (".lora_A.", ".lora_B.", ".lokr_", ".hada_")
 
 
 def save_diffusers_lora(
@@ -49,6 +61,13 @@ def read_lora(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     with safe_open(str(path), framework="pt") as handle:
         tensors = {k: handle.get_tensor(k) for k in handle.keys()}
         metadata = handle.metadata() or {}
+    if LYCORIS_MODULES_KEY in metadata:  # LyCORIS names -> the diffusers key layout
+        modules = json.loads(metadata[LYCORIS_MODULES_KEY])
+        renamed = {}
+        for key, value in tensors.items():
+            name, _, part = key.partition(".")
+            renamed[f"transformer.{modules[name]}.{part}"] = value
+        return renamed, {"lycoris": json.loads(metadata.get("lycoris_config", "{}"))}
     config: dict[str, Any] = {}
     if _METADATA_KEY in metadata:
         config = json.loads(metadata[_METADATA_KEY]).get("transformer", {}) or {}
@@ -71,12 +90,12 @@ def check_lora_file(path: Path) -> int:
         )
     try:
         with safe_open(str(path), framework="pt") as handle:
-            keys = [k for k in handle.keys() if ".lora_A." in k or ".lora_B." in k]
+            keys = [k for k in handle.keys() if any(part in k for part in _ADAPTER_PARTS)]
             bad = [k for k in keys if not torch.isfinite(handle.get_tensor(k)).all()]
     except (OSError, RuntimeError, ValueError, SafetensorError) as exc:
         raise ConfigError(f"{path} is not a readable safetensors file ({exc}): damaged or truncated") from exc
     if not keys:
-        raise ConfigError(f"{path} holds no LoRA weights (no lora_A / lora_B tensors)")
+        raise ConfigError(f"{path} holds no LoRA weights (no lora_A / lora_B, LoKr or LoHa tensors)")
     if bad:
         raise ConfigError(f"{path} holds non-finite LoRA weights (e.g. {bad[0]})")
     return len(keys)
@@ -85,7 +104,8 @@ def check_lora_file(path: Path) -> int:
 def to_comfyui(tensors: dict[str, torch.Tensor], alpha: float | None, renames: dict[str, str]) -> dict:
     """diffusers keys -> `diffusion_model.` keys with the original module names, plus one alpha per module."""
     out: dict[str, torch.Tensor] = {}
-    for key, value in tensors.items():
+    for stored, tensor in tensors.items():
+        key, value = dora_to_comfyui(stored, tensor)
         # Rename whole dotted segments only: `proj_in` must not touch a longer name that contains it.
         name = ".".join(renames.get(part, part) for part in key.removeprefix("transformer.").split("."))
         out[f"diffusion_model.{name}"] = value
@@ -93,6 +113,13 @@ def to_comfyui(tensors: dict[str, torch.Tensor], alpha: float | None, renames: d
             module = name.removesuffix(".lora_A.weight")
             out[f"diffusion_model.{module}.alpha"] = torch.tensor(float(alpha))
     return out
+
+
+def dora_to_comfyui(key: str, value: torch.Tensor) -> tuple[str, torch.Tensor]:
+    """peft's DoRA magnitude (out,) -> ComfyUI's `dora_scale` (out, 1); any other tensor unchanged."""
+    if key.endswith(".lora_magnitude_vector"):
+        return key.removesuffix(".lora_magnitude_vector") + ".dora_scale", value.reshape(-1, 1)
+    return key, value
 
 
 def export_comfyui(output_dir: Path, renames: dict[str, str]) -> Path:

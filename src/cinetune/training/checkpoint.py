@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
 from cinetune.errors import ConfigError
@@ -27,11 +26,17 @@ LORA_FILE = "lora.safetensors"
 
 class Checkpointer:
     def __init__(
-        self, output_dir: Path, total_limit: int | None, accelerator: Any, parts: Sequence[Any] = ()
+        self,
+        output_dir: Path,
+        total_limit: int | None,
+        accelerator: Any,
+        adapter: Any,
+        parts: Sequence[Any] = (),
     ) -> None:
         self.output_dir = Path(output_dir)
         self.total_limit = total_limit
         self.accelerator = accelerator
+        self.adapter = adapter  # training/adapters.py: its state, and the shape a checkpoint must match
         # Extra state of the run's optional features (EMA...): objects with save(folder) / load(folder).
         self.parts = list(parts)
 
@@ -44,8 +49,7 @@ class Checkpointer:
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-            lora = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
-            save_file(lora, str(tmp / LORA_FILE))
+            save_file(self.adapter.state_dict(model), str(tmp / LORA_FILE))
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
             if acc.scaler is not None:  # fp16: the loss scale and its growth tracker
@@ -54,7 +58,7 @@ class Checkpointer:
                 part.save(tmp)
             (tmp / "state.json").write_text(
                 json.dumps(
-                    {**state.state_dict(), "world_size": acc.num_processes, "lora": _lora_shape(model)}
+                    {**state.state_dict(), "world_size": acc.num_processes, "lora": self.adapter.shape(model)}
                 )
             )
         acc.wait_for_everyone()
@@ -99,16 +103,16 @@ class Checkpointer:
                 f"checkpoint {path} was written by {meta.get('world_size')} process(es); resume it "
                 f"with the same number (now {acc.num_processes})"
             )
-        if "lora" in meta and meta["lora"] != _lora_shape(model):
+        shape = self.adapter.shape(model)
+        if "lora" in meta and meta["lora"] != shape:
             raise ConfigError(
-                f"checkpoint {path} holds a LoRA of {meta['lora']}; this run asks for {_lora_shape(model)}: "
-                "use the same lora_rank, lora_alpha and lora_target_modules to resume"
+                f"checkpoint {path} holds a LoRA of {meta['lora']}; this run asks for {shape}: use the same "
+                "lora_rank, lora_alpha, lora_target_modules, use_dora, lora_type and lycoris_config to resume"
             )
-        lora = load_file(str(path / LORA_FILE))
-        result = set_peft_model_state_dict(model, lora)
-        if getattr(result, "unexpected_keys", None):
+        unexpected = self.adapter.load_state_dict(model, load_file(str(path / LORA_FILE)))
+        if unexpected:
             raise ConfigError(
-                f"checkpoint {path} does not match this LoRA setup: unexpected {result.unexpected_keys[:3]}"
+                f"checkpoint {path} does not match this LoRA setup: unexpected {unexpected[:3]}"
             )
         optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
         scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
@@ -118,9 +122,3 @@ class Checkpointer:
             part.load(path)
         state.load_state_dict(meta)
         load_rng_state(torch.load(path / f"rng_{acc.process_index}.pt", weights_only=False), state.generator)
-
-
-def _lora_shape(model: torch.nn.Module) -> dict[str, Any]:
-    """Rank, alpha and target modules of the model's LoRA adapter: what a checkpoint must match."""
-    config = model.peft_config["default"]
-    return {"r": config.r, "lora_alpha": config.lora_alpha, "target_modules": sorted(config.target_modules)}

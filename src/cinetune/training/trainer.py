@@ -15,14 +15,12 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import InitProcessGroupKwargs, set_seed
-from peft import LoraConfig, set_peft_model_state_dict
-from safetensors.torch import load_file
 
 from cinetune.cache.builder import CacheBuilder, CacheIndex
 from cinetune.data import SkipReport, scan_datasets
-from cinetune.errors import ConfigError
-from cinetune.export.lora import COMFYUI_FILE, save_diffusers_lora
+from cinetune.export.lora import COMFYUI_FILE
 from cinetune.plan import RunPlan, resolve_checkpoint
+from cinetune.training.adapters import build_adapter
 from cinetune.training.batches import Batch, load_batch
 from cinetune.training.checkpoint import Checkpointer
 from cinetune.training.extras import RunExtras
@@ -161,7 +159,11 @@ class Trainer:
         self.total_steps = cfg.max_train_steps or cfg.num_train_epochs * self.steps_per_epoch
         self.setup_model(self.family.load_transformer(self.weight_dtype), self.total_steps)
         self.checkpointer = Checkpointer(
-            self.output_dir, cfg.checkpoints_total_limit, self.acc, self.extras.checkpoint_parts()
+            self.output_dir,
+            cfg.checkpoints_total_limit,
+            self.acc,
+            self.adapter,
+            self.extras.checkpoint_parts(),
         )
         self.validator = self._make_validator()
         self.metrics = MetricsLog(self.output_dir, self.acc, cfg.report_to != "none")
@@ -188,23 +190,14 @@ class Trainer:
         """
         cfg = self.cfg
         transformer.requires_grad_(False)
-        targets = cfg.lora_target_modules
-        self.lora_config = LoraConfig(
-            r=cfg.lora_rank,
-            lora_alpha=cfg.lora_alpha,
-            target_modules=targets,
-            lora_dropout=cfg.lora_dropout,
-            init_lora_weights=_peft_init(cfg.lora_init_type),
-        )
-        try:
-            transformer.add_adapter(self.lora_config)
-        except ValueError as exc:
-            raise ConfigError(f"lora_target_modules {targets}: {exc}") from exc
+        self.adapter = build_adapter(cfg)  # peft LoRA / DoRA, or LyCORIS (training/adapters.py)
+        self.adapter.inject(transformer)
+        self.lora_config = getattr(self.adapter, "config", None)
         params = [p for p in transformer.parameters() if p.requires_grad]
         for p in params:  # LoRA weights and optimizer state in fp32, frozen weights in weight_dtype
             p.data = p.data.float()
         if cfg.init_lora:
-            _load_init_lora(transformer, cfg.init_lora)
+            self.adapter.load_init(transformer, cfg.init_lora)
         if cfg.gradient_checkpointing:
             apply_gradient_checkpointing(transformer, cfg.gradient_checkpointing_interval)
         apply_attention_backend(transformer, cfg.attention_backend)
@@ -411,34 +404,12 @@ class Trainer:
         return result
 
     def export_lora(self, folder: Path) -> tuple[str, str]:
-        """The diffusers and ComfyUI files of the model's LoRA as it is now, in `folder`."""
+        """The diffusers (LyCORIS: LyCORIS's) and ComfyUI files of the model's adapter as it is now."""
         folder.mkdir(parents=True, exist_ok=True)
-        config = self.lora_config.to_dict()
-        config["target_modules"] = sorted(config["target_modules"])
-        model = self.acc.unwrap_model(self.model)
-        lora = save_diffusers_lora(folder, self.family.pipeline_class, model, config)
+        lora = self.adapter.save(folder, self.family, self.acc.unwrap_model(self.model))
         comfyui = self.family.export_comfyui(folder)
         logger.info("LoRA written: %s and %s", lora, folder / COMFYUI_FILE)
         return str(lora), str(comfyui)
-
-
-def _peft_init(kind: str) -> Any:
-    return {"default": True, "gaussian": "gaussian"}[kind]
-
-
-def _load_init_lora(model: torch.nn.Module, path: Path) -> None:
-    if not Path(path).exists():
-        raise ConfigError(f"init_lora: file not found: {path}")
-    try:
-        state = {k.removeprefix("transformer."): v for k, v in load_file(str(path)).items()}
-        result = set_peft_model_state_dict(model, state)
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise ConfigError(f"init_lora: cannot use {path}: {str(exc).splitlines()[0]}") from exc
-    if getattr(result, "unexpected_keys", None):
-        raise ConfigError(
-            f"init_lora: {path} does not match this model / lora_target_modules "
-            f"(unexpected keys such as {result.unexpected_keys[0]})"
-        )
 
 
 def _flat_config(cfg: Any) -> dict[str, Any]:

@@ -12,6 +12,8 @@ from the baseline config. Groups:
 - torch.compile of the repeated transformer blocks (compile_transformer_blocks);
 - fused AdamW (optimizer adamw_fused, CUDA only);
 - frozen weights in bf16 (base_model_precision no_change under mixed_precision bf16) against fp32;
+- TREAD token routing: off, the quickstarts' route (0.5 of the tokens skip blocks 2..-2), 0.25 there, 0.5
+  over every block (what the 2-block tiny models can take);
 - gradient checkpointing: off, every block, 1 block in 2, 1 block in 4.
 
 Printed per variant: s/step (median), its ratio to the baseline (below 1 = faster), peak memory allocated
@@ -37,6 +39,11 @@ from cinetune.config.load import build_train_config
 from cinetune.errors import CinetuneError
 from cinetune.plan import resolve
 
+
+def _tread(ratio: float, start: int, end: int) -> dict[str, Any]:
+    return {"routes": [{"selection_ratio": ratio, "start_layer_idx": start, "end_layer_idx": end}]}
+
+
 GROUPS: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "attention": [
         ("native SDPA", {"attention_backend": "native"}),
@@ -56,6 +63,12 @@ GROUPS: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "frozen weights": [
         ("frozen bf16", {"base_model_precision": "no_change"}),
         ("frozen fp32", {"base_model_precision": "fp32"}),
+    ],
+    "tread": [
+        ("off", {"tread_config": None}),
+        ("0.5 blocks 2..-2", {"tread_config": _tread(0.5, 2, -2)}),  # the quickstarts' route
+        ("0.25 blocks 2..-2", {"tread_config": _tread(0.25, 2, -2)}),
+        ("0.5 all blocks", {"tread_config": _tread(0.5, 0, -1)}),  # the tiny models have 2 blocks
     ],
     "checkpointing": [
         ("off", {"gradient_checkpointing": False, "gradient_checkpointing_interval": 1}),

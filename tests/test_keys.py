@@ -32,7 +32,15 @@ from safetensors.torch import load_file
 from cinetune import cli
 from cinetune.benchmark import synthetic_batch
 from cinetune.check import check_report
-from cinetune.config import AudioOptions, DatasetConfig, TrainConfig, VideoOptions, load_config
+from cinetune.config import (
+    AudioOptions,
+    DatasetConfig,
+    TrainConfig,
+    TreadConfig,
+    TreadRoute,
+    VideoOptions,
+    load_config,
+)
 from cinetune.data import SkipReport, load_pixels, scan_datasets, write_video
 from cinetune.data.audio import tone
 from cinetune.demo import synthetic_clip
@@ -834,6 +842,54 @@ def probe_ema_validation(w: World) -> None:
     assert any("ema_validation" in m for m in w.plan(ema_validation="none").warnings)
 
 
+# ---- TrainConfig: TREAD ---------------------------------------------------------------------------------
+def _tread(ratio: float = 0.5, start: int = 1, end: int = -1) -> dict[str, Any]:
+    return {"routes": [{"selection_ratio": ratio, "start_layer_idx": start, "end_layer_idx": end}]}
+
+
+def _block_tokens(w: World, **kw: Any) -> list[int]:
+    """Video tokens each video block of the tiny LTX-Video sees in one training step."""
+    trainer = w.trainer(**kw)
+    seen: list[int] = []
+    for block in trainer.family.blocks(trainer.model, "transformer_blocks"):
+        block.register_forward_pre_hook(
+            lambda m, args, kwargs: seen.append((args or [kwargs["hidden_states"]])[0].shape[1]),
+            with_kwargs=True,
+        )
+    trainer.optimizer_step([w.batch(trainer)])
+    return seen
+
+
+def probe_tread_config(w: World) -> None:
+    assert _block_tokens(w) == [8, 8]  # 64x64, 9 frames: 2 x 2 x 2 tokens
+    assert _block_tokens(w, tread_config=_tread()) == [8, 4]  # block 1 is routed: half the tokens skip it
+    assert w.trainer().extras.router is None
+    _rejected(lambda: w.check(tread_config=_tread(0.5, 0, 2)), "outside the model's 2 video blocks")
+
+
+def probe_routes(w: World) -> None:
+    two = {"routes": [_tread(0.5, 0, 0)["routes"][0], _tread(0.25, 1, 1)["routes"][0]]}
+    assert _block_tokens(w, tread_config=two) == [4, 6]
+    _rejected(lambda: w.check(tread_config={"routes": []}), "routes")
+
+
+def probe_selection_ratio(w: World) -> None:
+    assert _block_tokens(w, tread_config=_tread(0.25)) == [8, 6]
+    assert _block_tokens(w, tread_config=_tread(0.0)) == [8, 8]
+    _rejected(lambda: w.check(tread_config=_tread(1.0)), "selection_ratio")
+
+
+def probe_start_layer_idx(w: World) -> None:
+    assert _block_tokens(w, tread_config=_tread(0.5, 0, 1)) == [4, 4]
+    assert _block_tokens(w, tread_config=_tread(0.5, -2, 1)) == [4, 4]  # negative: from the end
+
+
+def probe_end_layer_idx(w: World) -> None:
+    assert _block_tokens(w, tread_config=_tread(0.5, 0, 0)) == [4, 8]
+    assert _block_tokens(w, tread_config=_tread(0.5, 0, -2)) == [4, 8]
+    _rejected(lambda: w.check(tread_config=_tread(0.5, 1, 0)), "start after end")
+
+
 # ---- TrainConfig: checkpoints ----------------------------------------------------------------------------
 def _checkpoints(output: Path) -> list[str]:
     return sorted(p.name for p in output.glob("checkpoint-*"))
@@ -1458,6 +1514,7 @@ TRAIN_KEYS: dict[str, Any] = {
     "flow_sigma_sampler": probe_flow_sigma_sampler,
     "vae_latent_sampling": probe_vae_latent_sampling,
     "first_frame_conditioning_p": probe_first_frame_conditioning_p,
+    "tread_config": probe_tread_config,
     "lora_rank": probe_lora_rank,
     "lora_alpha": probe_lora_alpha,
     "lora_dropout": probe_lora_dropout,
@@ -1540,8 +1597,16 @@ AUDIO_KEYS: dict[str, Any] = {
     "duration_interval": probe_duration_interval,
     "allow_zero_audio": probe_allow_zero_audio,
 }
+TREAD_KEYS: dict[str, Any] = {"routes": probe_routes}
+ROUTE_KEYS: dict[str, Any] = {
+    "selection_ratio": probe_selection_ratio,
+    "start_layer_idx": probe_start_layer_idx,
+    "end_layer_idx": probe_end_layer_idx,
+}
 TABLES: dict[type, dict[str, Any]] = {
     TrainConfig: TRAIN_KEYS,
+    TreadConfig: TREAD_KEYS,
+    TreadRoute: ROUTE_KEYS,
     DatasetConfig: DATASET_KEYS,
     VideoOptions: VIDEO_KEYS,
     AudioOptions: AUDIO_KEYS,

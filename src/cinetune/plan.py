@@ -22,6 +22,7 @@ from typing import Any
 
 from cinetune.config import DataBackendConfig, DatasetConfig, LoadedConfig, TrainConfig
 from cinetune.config.lycoris import read_lycoris_config
+from cinetune.config.tread import resolve_routes
 from cinetune.errors import ConfigError, NotSupportedYet
 from cinetune.models.base import Flavour, ModelFamily
 from cinetune.models.registry import build_family
@@ -74,6 +75,7 @@ def resolve(loaded: LoadedConfig) -> RunPlan:
             _check_datasets(train, data, family)
             family.configure_datasets(data)
         _check_files(train)
+        _check_video_blocks(train, family)
         _warn_moot_keys(train, data)
         prompts = _validation_prompts(train)
         from_first = bool(train.validation_steps) and not prompts and not train.disable_validation
@@ -210,6 +212,19 @@ def _check_files(train: TrainConfig) -> None:
         except ImportError as exc:
             raise ConfigError("report_to: 'wandb' needs the wandb package (pip install wandb)") from exc
     resolve_checkpoint(train.output_dir, train.resume_from_checkpoint)
+
+
+def _check_video_blocks(train: TrainConfig, family: ModelFamily) -> None:
+    """Block ranges (TREAD routes) against the flavour's number of video blocks, where its architecture is
+    known (the loaded model's own count is checked again when training starts)."""
+    if train.tread_config is None:
+        return
+    try:
+        count = family.architecture_config().get(family.video_blocks_config_key)
+    except NotSupportedYet:
+        return
+    if count:
+        resolve_routes(list(train.tread_config.routes), int(count))
 
 
 def _check_adapter(train: TrainConfig) -> None:

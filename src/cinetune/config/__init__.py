@@ -3,6 +3,7 @@
 from cinetune.config.dataset import AudioOptions, DataBackendConfig, DatasetConfig, VideoOptions
 from cinetune.config.load import LoadedConfig, load_config, parse_overrides
 from cinetune.config.train import TrainConfig, parse_resolutions
+from cinetune.config.tread import TreadConfig, TreadRoute
 
 __all__ = [
     "AudioOptions",
@@ -10,6 +11,8 @@ __all__ = [
     "DatasetConfig",
     "LoadedConfig",
     "TrainConfig",
+    "TreadConfig",
+    "TreadRoute",
     "VideoOptions",
     "load_config",
     "parse_overrides",

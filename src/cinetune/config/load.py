@@ -25,7 +25,6 @@ NOT_SUPPORTED_YET: dict[str, str] = {
     "enable_block_swap": "block swap",
     "musubi_blocks_to_swap": "block swap",
     "blocks_to_swap": "block swap",
-    "tread_config": "TREAD token routing",
     "crepa_enabled": "CREPA",
     "crepa_config": "CREPA",
     "quantize_via": "quantization",

@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from cinetune.config.tread import TreadConfig
+
 Precision = Literal["no", "fp32", "bf16", "fp16"]
 
 
@@ -132,6 +134,13 @@ class TrainConfig(BaseModel):
         "0, no loss), so the LoRA keeps working for image-to-video. ltxvideo: one draw per batch, as "
         "LTX-Video-Trainer (its default 0.1); ltxvideo2: one draw per sample (the LTX-2 I2V example uses "
         "0.5). 0 trains text-to-video only.",
+    )
+    # training extras (each off by default)
+    tread_config: TreadConfig | None = Field(
+        None,
+        description='TREAD token routing: {"routes": [{"selection_ratio": 0.5, "start_layer_idx": 2, '
+        '"end_layer_idx": -2}]}: that share of the video tokens (drawn at random per step; conditioning '
+        "first-frame tokens always kept) skips those video blocks. Training only.",
     )
     # lora
     lora_rank: int = Field(64, ge=1, description="LoRA rank.")

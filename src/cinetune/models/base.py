@@ -118,6 +118,15 @@ class ModelFamily(ABC):
     # video tokens run through (token routing and representation alignment hook into it).
     transformer_blocks: ClassVar[tuple[str, ...]] = ("transformer_blocks",)
     video_blocks: ClassVar[str] = "transformer_blocks"
+    # The transformer config field that holds the number of video blocks (plan-time checks of block ranges).
+    video_blocks_config_key: ClassVar[str] = "num_layers"
+    # The arguments of a video block aligned with the video tokens, and the axis of their tokens (tuples of
+    # tensors: each one's); the first is the video hidden states. Token routing cuts all of them alike.
+    token_aligned_inputs: ClassVar[tuple[tuple[str, int], ...]] = (
+        ("hidden_states", 1),
+        ("temb", 1),
+        ("image_rotary_emb", 1),
+    )
     comfyui_renames: ClassVar[dict[str, str]] = {}
     # Train-config options the family acts on (`configure`); any other one set is rejected, never ignored.
     run_options: ClassVar[frozenset[str]] = frozenset()

@@ -36,10 +36,16 @@ class LossStream:
 
 @dataclass
 class ModelInputs:
-    """One forward pass: the model's keyword arguments and the streams its outputs are scored on."""
+    """One forward pass: the model's keyword arguments and the streams its outputs are scored on.
+
+    `video_grid` (frames, height, width) is the grid of the transformer's video tokens (after patching), in
+    their order; `cond_tokens` (B, N) marks the conditioning ones (a clean first frame). Token routing and
+    representation alignment read them."""
 
     kwargs: dict[str, Any]
     streams: list[LossStream]
+    video_grid: tuple[int, int, int] | None = None
+    cond_tokens: torch.Tensor | None = None
 
     def stream(self, name: str) -> LossStream:
         return next(s for s in self.streams if s.name == name)
@@ -88,10 +94,13 @@ def _token_mean(parts: list[tuple[torch.Tensor, LossStream]]) -> torch.Tensor:
     return total / weight
 
 
-def compute_loss(inputs: list[ModelInputs], outputs: list[Any]) -> LossOutput:
+def compute_loss(
+    inputs: list[ModelInputs], outputs: list[Any], terms: dict[str, torch.Tensor] | None = None
+) -> LossOutput:
     """Combine the streams of one micro-batch's forward passes (`outputs[i]` is the model's return for
     `inputs[i]`) into the training loss: streams reduced per sample are summed per sample and averaged over
-    the batch; streams reduced over tokens are averaged over the batch's tokens; both kinds add up."""
+    the batch; streams reduced over tokens are averaged over the batch's tokens; both kinds add up. `terms`
+    (regularizers, already weighted: scalars) are added as they are and logged by name."""
     by_name: dict[str, list[tuple[torch.Tensor, LossStream]]] = {}
     for forward, output in zip(inputs, outputs, strict=True):
         predictions = model_outputs(output)
@@ -119,4 +128,7 @@ def compute_loss(inputs: list[ModelInputs], outputs: list[Any]) -> LossOutput:
         total = per_token
     else:
         total = per_sample.mean() if per_token is None else per_sample.mean() + per_token
+    for name, term in (terms or {}).items():
+        total = total + term
+        values[name] = term.detach()
     return LossOutput(total=total, streams=values)

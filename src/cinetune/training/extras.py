@@ -1,8 +1,9 @@
 """The optional training features of a run, gathered in one place the trainer calls at fixed points.
 
-Each feature is off by default and lives in its own module (ema.py, ...); `RunExtras` builds the ones the
-config turns on and answers the trainer's few questions: what to do after an optimizer step, which extra
-state a checkpoint holds, which weights validation and export run with.
+Each feature is off by default and lives in its own module (ema.py, routing.py...); `RunExtras` builds the
+ones the config turns on and answers the trainer's few questions: what to do around each forward pass (the
+`StepHooks` of training/step.py), after an optimizer step, which extra state a checkpoint holds, which
+weights validation and export run with.
 """
 
 from __future__ import annotations
@@ -14,18 +15,40 @@ from typing import Any
 
 import torch
 
+from cinetune.objectives import ModelInputs
 from cinetune.training.ema import WeightEMA
+from cinetune.training.routing import TokenRouter
 
 Weights = Callable[[], AbstractContextManager[Any]]
 
 
 class RunExtras:
-    def __init__(self, cfg: Any, named_params: list[tuple[str, torch.nn.Parameter]], device: torch.device):
+    def __init__(self, cfg: Any, family: Any, model: torch.nn.Module, device: torch.device) -> None:
+        """`model`: the unwrapped transformer with its adapter, trainable weights in place."""
         self.cfg = cfg
-        self.ema = WeightEMA(named_params, cfg, device) if cfg.use_ema else None
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.ema = WeightEMA(named, cfg, device) if cfg.use_ema else None
+        self.router = TokenRouter(family, model, list(cfg.tread_config.routes)) if cfg.tread_config else None
+        self.step = 0  # optimizer steps taken
 
+    # ---- around each forward pass (StepHooks) ----------------------------------------------------------
+    def before_forward(
+        self, model: torch.nn.Module, forward: ModelInputs, generator: torch.Generator
+    ) -> None:
+        if self.router is not None:
+            self.router.prepare(forward, generator)
+
+    def after_forward(self, model: torch.nn.Module, forward: ModelInputs, output: Any) -> None:
+        if self.router is not None:
+            self.router.finish()
+
+    def loss_terms(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    # ---- around the loop -------------------------------------------------------------------------------
     def after_optimizer_step(self, step: int) -> None:
         """`step`: the optimizer step just taken (1-based)."""
+        self.step = step
         if self.ema is not None:
             self.ema.update(step)
 

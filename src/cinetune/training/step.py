@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+from typing import Any, Protocol
+
 import torch
 
 from cinetune.models.base import ModelFamily
-from cinetune.objectives import LossOutput, compute_loss
+from cinetune.objectives import LossOutput, ModelInputs, compute_loss
 from cinetune.training.batches import Batch
+
+
+class StepHooks(Protocol):
+    """What the run's optional features do around each forward pass (training/extras.py): change its inputs
+    or route its tokens before it, and turn what it left behind into loss terms after it."""
+
+    def before_forward(
+        self, model: torch.nn.Module, forward: ModelInputs, generator: torch.Generator
+    ) -> None: ...
+
+    def after_forward(self, model: torch.nn.Module, forward: ModelInputs, output: Any) -> None: ...
+
+    def loss_terms(self) -> dict[str, torch.Tensor]: ...
 
 
 def step_loss(
@@ -17,13 +32,21 @@ def step_loss(
     sigma_sampler: str,
     device: torch.device,
     dtype: torch.dtype,
+    hooks: StepHooks | None = None,
 ) -> LossOutput:
     """The family turns the batch into forward passes and loss streams; the model runs each; `compute_loss`
-    reduces them. Random draws happen on the CPU generator, so a run is reproducible across devices."""
+    reduces them (with the hooks' terms). Random draws happen on the CPU generator, so a run is reproducible
+    across devices."""
     config = getattr(model, "module", model).config
     inputs = family.training_inputs(batch, generator, sigma_sampler, device, dtype, config)
-    outputs = [model(**forward.kwargs) for forward in inputs]
-    return compute_loss(inputs, outputs)
+    outputs = []
+    for forward in inputs:
+        if hooks is not None:
+            hooks.before_forward(model, forward, generator)
+        outputs.append(model(**forward.kwargs))
+        if hooks is not None:
+            hooks.after_forward(model, forward, outputs[-1])
+    return compute_loss(inputs, outputs, hooks.loss_terms() if hooks is not None else None)
 
 
 def training_loss(
@@ -34,6 +57,7 @@ def training_loss(
     sigma_sampler: str,
     device: torch.device,
     dtype: torch.dtype,
+    hooks: StepHooks | None = None,
 ) -> torch.Tensor:
     """The scalar to backpropagate (see `step_loss`)."""
-    return step_loss(family, model, batch, generator, sigma_sampler, device, dtype).total
+    return step_loss(family, model, batch, generator, sigma_sampler, device, dtype, hooks).total

@@ -208,8 +208,8 @@ class Trainer:
         self.scheduler = build_scheduler(optimizer, cfg, total_steps)
         self.model, self.optimizer = self.acc.prepare(transformer, optimizer)
         self.params = params
-        named = [(n, p) for n, p in self.acc.unwrap_model(self.model).named_parameters() if p.requires_grad]
-        self.extras = RunExtras(cfg, named, self.device)  # EMA...: the optional features (training/extras.py)
+        # EMA, TREAD...: the optional features (training/extras.py), on the trained model
+        self.extras = RunExtras(cfg, self.family, self.acc.unwrap_model(self.model), self.device)
 
     def _make_validator(self) -> Validator | None:
         cfg = self.cfg
@@ -331,6 +331,7 @@ class Trainer:
                     self.cfg.flow_sigma_sampler,
                     self.device,
                     self.weight_dtype,
+                    self.extras,
                 )
                 self.acc.backward(loss / len(batches))
             total += loss.detach().float() / len(

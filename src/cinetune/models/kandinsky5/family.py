@@ -12,6 +12,7 @@ exactly what Kandinsky5T2VPipeline computes for that prompt (no padding to store
 from __future__ import annotations
 
 import logging
+import math
 from types import SimpleNamespace
 from typing import Any, ClassVar
 
@@ -20,7 +21,7 @@ import torch
 from PIL import Image
 
 from cinetune.data import fit_image
-from cinetune.errors import ConfigError
+from cinetune.errors import ConfigError, NotSupportedYet
 from cinetune.models.base import Flavour, FrameRule, GeneratedVideo, LibraryClass, ModelFamily, library_class
 from cinetune.models.kandinsky5.configs import TINY_TRANSFORMER_CONFIG
 from cinetune.models.kandinsky5.inputs import (
@@ -183,6 +184,10 @@ class Kandinsky5VideoFamily(ModelFamily):
     latent_compression: ClassVar[tuple[int, int]] = (4, 8)
     transformer_blocks: ClassVar[tuple[str, ...]] = ("text_transformer_blocks", "visual_transformer_blocks")
     video_blocks: ClassVar[str] = "visual_transformer_blocks"
+    video_blocks_config_key: ClassVar[str] = "num_visual_blocks"
+    # Kandinsky5TransformerDecoderBlock(visual_embed (B, N, D), text_embed, time_embed (B, D), rope (B, N, 1,
+    # d / 2, 2, 2), sparse_params): the time embedding is per sample.
+    token_aligned_inputs: ClassVar[tuple[tuple[str, int], ...]] = (("visual_embed", 1), ("rope", 1))
     run_options: ClassVar[frozenset[str]] = frozenset({"vae_enable_patch_conv", "vae_enable_tiling"})
     # ComfyUI's native Kandinsky 5 model uses the original module names, which diffusers kept.
     comfyui_renames: ClassVar[dict[str, str]] = {}
@@ -219,6 +224,11 @@ class Kandinsky5VideoFamily(ModelFamily):
                 f"{_MAX_SEQUENCE_LENGTH} text tokens"
             )
         if self.flavours[self.loader.flavour].extra.get("sparse_attention"):
+            if getattr(cfg, "tread_config", None) is not None:
+                raise NotSupportedYet(
+                    f"tread_config on the {self.loader.flavour} model is not supported yet: NABLA sparse "
+                    "attention builds its block mask over the whole token grid"
+                )
             # NABLA builds a flex-attention BlockMask: only diffusers' flex backend can run it.
             if cfg.attention_backend not in ("native", "flex"):
                 raise ConfigError(
@@ -434,7 +444,14 @@ class Kandinsky5VideoFamily(ModelFamily):
         }
         target = to_channels_last(noise - latents).flatten(1, 3)
         mask = token_loss_mask(latents.shape, image_latents is not None, device)
-        return ModelInputs(kwargs=kwargs, streams=[LossStream("video", target, mask=mask)])
+        _, _, frames, height, width = latents.shape
+        grid = (frames, height // 2, width // 2)  # the transformer's (1, 2, 2) patches, frame -> row -> col
+        cond = None
+        if image_latents is not None:  # latent frame 0 is the clean image: its tokens
+            cond = torch.zeros(latents.shape[0], math.prod(grid), dtype=torch.bool, device=device)
+            cond[:, : grid[1] * grid[2]] = True
+        streams = [LossStream("video", target, mask=mask)]
+        return ModelInputs(kwargs, streams, video_grid=grid, cond_tokens=cond)
 
     def training_inputs(
         self,

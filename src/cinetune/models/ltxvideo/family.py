@@ -288,7 +288,8 @@ class LTXVideoFamily(ModelFamily):
         }
         # LTX-Video-Trainer: the mean over every loss token of the batch, mean(L * m) / mean(m).
         mask = None if first_frame is None else ~first_frame
-        return ModelInputs(kwargs=kwargs, streams=[LossStream("video", target, mask=mask)])
+        streams = [LossStream("video", target, mask=mask)]
+        return ModelInputs(kwargs, streams, video_grid=(frames, height, width), cond_tokens=first_frame)
 
     def training_inputs(
         self,

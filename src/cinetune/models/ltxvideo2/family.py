@@ -153,6 +153,18 @@ class LTX2Family(ModelFamily):
         {"first_frame_conditioning_p", "ltx2_checkpoint_filename"}
     )
     supports_audio: ClassVar[bool] = True
+    # LTX2VideoTransformerBlock: per-token AdaLN inputs (B, N | 1, D), RoPE (cos, sin) of shape (B, heads, N,
+    # d), the A/V cross-attention masks (video queries in a2v, video keys in v2a) when given.
+    token_aligned_inputs: ClassVar[tuple[tuple[str, int], ...]] = (
+        ("hidden_states", 1),
+        ("temb", 1),
+        ("temb_ca_scale_shift", 1),
+        ("temb_ca_gate", 1),
+        ("video_rotary_emb", 2),
+        ("ca_video_rotary_emb", 2),
+        ("a2v_cross_attention_mask", 1),
+        ("v2a_cross_attention_mask", 2),
+    )
     image_validation_on_request: ClassVar[bool] = True
     default_vae_latent_sampling: ClassVar[str] = "mean"  # the LTX-2 trainer caches the posterior mean
     _ltx2_3: bool | None = None  # set from the transformer's config once loaded
@@ -499,7 +511,7 @@ class LTX2Family(ModelFamily):
         streams = [LossStream("video", target, output=0, mask=video_mask, per_sample=True)]
         if audio is not None:
             streams.append(LossStream("audio", audio_target, output=1, mask=audio.mask, per_sample=True))
-        return ModelInputs(kwargs=kwargs, streams=streams)
+        return ModelInputs(kwargs, streams, video_grid=(frames, height, width), cond_tokens=first_frame)
 
     def training_inputs(
         self,

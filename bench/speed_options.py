@@ -14,6 +14,8 @@ from the baseline config. Groups:
 - frozen weights in bf16 (base_model_precision no_change under mixed_precision bf16) against fp32;
 - TREAD token routing: off, the quickstarts' route (0.5 of the tokens skip blocks 2..-2), 0.25 there, 0.5
   over every block (what the 2-block tiny models can take);
+- scheduled sampling: off, every sample rolled out up to 5 steps, half of them up to 10 (a step's cost
+  follows the longest rollout its draw gives);
 - gradient checkpointing: off, every block, 1 block in 2, 1 block in 4.
 
 Printed per variant: s/step (median), its ratio to the baseline (below 1 = faster), peak memory allocated
@@ -69,6 +71,17 @@ GROUPS: dict[str, list[tuple[str, dict[str, Any]]]] = {
         ("0.5 blocks 2..-2", {"tread_config": _tread(0.5, 2, -2)}),  # the quickstarts' route
         ("0.25 blocks 2..-2", {"tread_config": _tread(0.25, 2, -2)}),
         ("0.5 all blocks", {"tread_config": _tread(0.5, 0, -1)}),  # the tiny models have 2 blocks
+    ],
+    "scheduled sampling": [
+        ("off", {"scheduled_sampling_max_step_offset": 0}),
+        (
+            "p 1, up to 5 steps",
+            {"scheduled_sampling_max_step_offset": 5, "scheduled_sampling_probability": 1.0},
+        ),
+        (
+            "p 0.5, up to 10",
+            {"scheduled_sampling_max_step_offset": 10, "scheduled_sampling_probability": 0.5},
+        ),
     ],
     "checkpointing": [
         ("off", {"gradient_checkpointing": False, "gradient_checkpointing_interval": 1}),

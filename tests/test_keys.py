@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import wave
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -890,6 +891,89 @@ def probe_end_layer_idx(w: World) -> None:
     _rejected(lambda: w.check(tread_config=_tread(0.5, 1, 0)), "start after end")
 
 
+# ---- TrainConfig: scheduled sampling ----------------------------------------------------------------------
+SS = "scheduled_sampling_"
+
+
+def _rollout(w: World, **kw: Any) -> Any:
+    """The Rollout of a trainer with scheduled sampling on (max offset 8 unless given)."""
+    settings = {f"{SS}max_step_offset": 8, **{f"{SS}{k}": v for k, v in kw.items()}}
+    return w.trainer(**settings).extras.rollout
+
+
+def _no_grad_forwards(w: World, **kw: Any) -> int:
+    """Forward passes without gradient (rollout steps) in one training step of the tiny LTX-Video."""
+    trainer = w.trainer(**{f"{SS}{k}": v for k, v in kw.items()})
+    calls: list[bool] = []
+    block = trainer.family.blocks(trainer.model, "transformer_blocks")[0]
+    block.register_forward_pre_hook(lambda m, a, k: calls.append(torch.is_grad_enabled()), with_kwargs=True)
+    trainer.optimizer_step([w.batch(trainer)])
+    return calls.count(False)
+
+
+def probe_scheduled_sampling_max_step_offset(w: World) -> None:
+    assert w.trainer().extras.rollout is None and _no_grad_forwards(w) == 0
+    assert _no_grad_forwards(w, max_step_offset=6, probability=1.0) > 0
+    warned = w.plan(**{f"{SS}max_step_offset": 4}).warnings
+    assert any("scheduled_sampling_max_step_offset changes nothing" in m for m in warned)  # probability 0
+
+
+def probe_scheduled_sampling_probability(w: World) -> None:
+    generator = torch.Generator().manual_seed(0)
+    assert int(_rollout(w).offsets(200, 0, generator).max()) == 0  # default 0
+    share = float((_rollout(w, probability=0.5).offsets(2000, 0, generator) > 0).float().mean())
+    assert 0.4 < share < 0.5  # (a drawn length of 0 is no rollout either: 1/9 of draws)
+    warned = w.plan(**{f"{SS}max_step_offset": 4, f"{SS}probability": 0.5, f"{SS}ramp_steps": 10}).warnings
+    assert any("scheduled_sampling_probability changes nothing" in m for m in warned)
+
+
+def probe_scheduled_sampling_prob_start(w: World) -> None:
+    assert _rollout(w, ramp_steps=10, prob_start=0.2).probability(0) == pytest.approx(0.2)
+    assert _rollout(w, ramp_steps=10).probability(0) == 0.0
+    warned = w.plan(**{f"{SS}max_step_offset": 4, f"{SS}prob_start": 0.2}).warnings
+    assert any("scheduled_sampling_prob_start changes nothing" in m for m in warned)  # no ramp
+
+
+def probe_scheduled_sampling_prob_end(w: World) -> None:
+    assert _rollout(w, ramp_steps=10).probability(10) == pytest.approx(0.5)  # default end
+    assert _rollout(w, ramp_steps=10, prob_end=0.9).probability(10) == pytest.approx(0.9)
+
+
+def probe_scheduled_sampling_ramp_steps(w: World) -> None:
+    assert _rollout(w, probability=0.3).probability(5) == pytest.approx(0.3)
+    assert _rollout(w, ramp_steps=10).probability(5) == pytest.approx(0.25)  # halfway from 0 to 0.5
+
+
+def probe_scheduled_sampling_start_step(w: World) -> None:
+    late = _rollout(w, ramp_steps=10, start_step=100)
+    assert late.probability(50) == 0.0 and late.probability(105) == pytest.approx(0.25)
+
+
+def probe_scheduled_sampling_ramp_shape(w: World) -> None:
+    assert _rollout(w, ramp_steps=10).probability(2) == pytest.approx(0.1)
+    cosine = _rollout(w, ramp_steps=10, ramp_shape="cosine").probability(2)
+    assert cosine == pytest.approx(0.5 * (0.5 - 0.5 * math.cos(math.pi * 0.2)))
+    _rejected(lambda: w.plan(**{f"{SS}ramp_shape": "step"}), "ramp_shape")
+
+
+def probe_scheduled_sampling_strategy(w: World) -> None:
+    def mean(strategy: str) -> float:
+        rollout = _rollout(w, probability=1.0, strategy=strategy)
+        return float(rollout.offsets(4000, 0, torch.Generator().manual_seed(1)).float().mean())
+
+    assert mean("biased_early") < mean("uniform") < mean("biased_late")
+
+
+def probe_scheduled_sampling_sampler(w: World) -> None:
+    assert w.plan(**{f"{SS}sampler": "euler"}).train.scheduled_sampling_sampler == "euler"
+    _rejected(lambda: w.plan(**{f"{SS}sampler": "unipc"}), "not supported yet", error=NotSupportedYet)
+
+
+def probe_scheduled_sampling_reflexflow(w: World) -> None:
+    assert not w.plan(**{f"{SS}reflexflow": False}).train.scheduled_sampling_reflexflow
+    _rejected(lambda: w.plan(**{f"{SS}reflexflow": True}), "ReflexFlow", error=NotSupportedYet)
+
+
 # ---- TrainConfig: checkpoints ----------------------------------------------------------------------------
 def _checkpoints(output: Path) -> list[str]:
     return sorted(p.name for p in output.glob("checkpoint-*"))
@@ -1515,6 +1599,11 @@ TRAIN_KEYS: dict[str, Any] = {
     "vae_latent_sampling": probe_vae_latent_sampling,
     "first_frame_conditioning_p": probe_first_frame_conditioning_p,
     "tread_config": probe_tread_config,
+    **{
+        key: globals()[f"probe_{key}"]
+        for key in TrainConfig.model_fields
+        if key.startswith("scheduled_sampling_")
+    },
     "lora_rank": probe_lora_rank,
     "lora_alpha": probe_lora_alpha,
     "lora_dropout": probe_lora_dropout,

@@ -76,6 +76,7 @@ def resolve(loaded: LoadedConfig) -> RunPlan:
             family.configure_datasets(data)
         _check_files(train)
         _check_video_blocks(train, family)
+        _check_scheduled_sampling(train)
         _warn_moot_keys(train, data)
         prompts = _validation_prompts(train)
         from_first = bool(train.validation_steps) and not prompts and not train.disable_validation
@@ -142,6 +143,16 @@ def _check_datasets(train: TrainConfig, data: DataBackendConfig, family: ModelFa
             )
 
 
+_SCHEDULED_SAMPLING = (
+    "probability",
+    "prob_start",
+    "prob_end",
+    "ramp_steps",
+    "start_step",
+    "ramp_shape",
+    "strategy",
+    "sampler",
+)
 # key -> (the key whose value makes it moot, a test of that value, why): a key set in the file that another
 # key's value leaves without effect is accepted (quickstarts carry such pairs) and said so once.
 _MOOT: dict[str, tuple[str, Any, str]] = {
@@ -150,6 +161,27 @@ _MOOT: dict[str, tuple[str, Any, str]] = {
     "tracker_run_name": ("report_to", lambda v: v == "none", "report_to is none"),
     "checkpoints_total_limit": ("checkpointing_steps", lambda v: v is None, "no checkpoint is written"),
     "lycoris_config": ("lora_type", lambda v: v != "lycoris", "lora_type is not lycoris"),
+    **{
+        f"scheduled_sampling_{key}": (
+            "scheduled_sampling_max_step_offset",
+            lambda v: v == 0,
+            "no rollout is made",
+        )
+        for key in _SCHEDULED_SAMPLING
+    },
+    "scheduled_sampling_probability": (
+        "scheduled_sampling_ramp_steps",
+        lambda v: v > 0,
+        "scheduled_sampling_ramp_steps sets the probability",
+    ),
+    **{
+        f"scheduled_sampling_{key}": (
+            "scheduled_sampling_ramp_steps",
+            lambda v: v == 0,
+            "scheduled_sampling_ramp_steps is 0 (no ramp)",
+        )
+        for key in ("prob_start", "prob_end", "start_step", "ramp_shape")
+    },
     **{
         key: (
             "lora_type",
@@ -212,6 +244,23 @@ def _check_files(train: TrainConfig) -> None:
         except ImportError as exc:
             raise ConfigError("report_to: 'wandb' needs the wandb package (pip install wandb)") from exc
     resolve_checkpoint(train.output_dir, train.resume_from_checkpoint)
+
+
+def _check_scheduled_sampling(train: TrainConfig) -> None:
+    if train.scheduled_sampling_reflexflow:
+        raise NotSupportedYet(
+            "scheduled_sampling_reflexflow: ReflexFlow's anti-drift and frequency-compensated loss terms are "
+            "not supported yet; set it to false (scheduled sampling itself is built)"
+        )
+    rolls = train.scheduled_sampling_probability > 0 or (
+        train.scheduled_sampling_ramp_steps > 0
+        and max(train.scheduled_sampling_prob_start, train.scheduled_sampling_prob_end) > 0
+    )
+    if train.scheduled_sampling_max_step_offset > 0 and not rolls:
+        logger.warning(
+            "scheduled_sampling_max_step_offset changes nothing in this run: its probability is 0 (set "
+            "scheduled_sampling_probability, or a ramp with scheduled_sampling_ramp_steps)"
+        )
 
 
 def _check_video_blocks(train: TrainConfig, family: ModelFamily) -> None:

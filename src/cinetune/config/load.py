@@ -57,6 +57,7 @@ NOT_SUPPORTED_PREFIXES: dict[str, str] = {
 # Values the quickstarts use for features not built yet: key -> {value prefix/suffix test, what it is}.
 _NOT_SUPPORTED_VALUES: dict[str, tuple[tuple[str, ...], str]] = {
     "base_model_precision": (("-quanto", "-torchao", "-bnb"), "quantized base model weights"),
+    "scheduled_sampling_sampler": (("unipc", "dpm"), "rollout solvers other than euler"),
 }
 # Older and newer spellings of the same key (SimpleTuner renamed these): alias -> key.
 KEY_ALIASES: dict[str, str] = {

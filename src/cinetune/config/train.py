@@ -142,6 +142,49 @@ class TrainConfig(BaseModel):
         '"end_layer_idx": -2}]}: that share of the video tokens (drawn at random per step; conditioning '
         "first-frame tokens always kept) skips those video blocks. Training only.",
     )
+    scheduled_sampling_max_step_offset: int = Field(
+        0,
+        ge=0,
+        description="Scheduled sampling (rollout): the most training timesteps (1/1000 of sigma each) the "
+        "model's own no-grad Euler steps move a sample's input down to its training sigma. 0: off.",
+    )
+    scheduled_sampling_probability: float = Field(
+        0.0, ge=0, le=1, description="Probability that a sample rolls out (without a ramp)."
+    )
+    scheduled_sampling_prob_start: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="With scheduled_sampling_ramp_steps: the probability at the ramp's start.",
+    )
+    scheduled_sampling_prob_end: float = Field(
+        0.5, ge=0, le=1, description="With scheduled_sampling_ramp_steps: the probability at the ramp's end."
+    )
+    scheduled_sampling_ramp_steps: int = Field(
+        0,
+        ge=0,
+        description="Optimizer steps over which the probability goes from _prob_start to _prob_end (0: no "
+        "ramp, scheduled_sampling_probability).",
+    )
+    scheduled_sampling_start_step: int = Field(
+        0, ge=0, description="Optimizer step where the ramp starts (before it: _prob_start)."
+    )
+    scheduled_sampling_ramp_shape: Literal["linear", "cosine"] = Field(
+        "linear", description="Shape of the probability ramp."
+    )
+    scheduled_sampling_strategy: Literal["uniform", "biased_early", "biased_late"] = Field(
+        "uniform",
+        description="How a rollout length in 0..max is drawn: uniform, biased_early (short ones more often: "
+        "round(u^2 max)), biased_late (long ones: round((1 - u^2) max)).",
+    )
+    scheduled_sampling_sampler: Literal["euler"] = Field(
+        "euler", description="Solver of the rollout steps: euler (flow matching: x <- x + (s' - s) v)."
+    )
+    scheduled_sampling_reflexflow: bool = Field(
+        False,
+        description="ReflexFlow's anti-drift and frequency-compensation terms during rollout: not built "
+        "(true is rejected); false, as the quickstarts set it.",
+    )
     # lora
     lora_rank: int = Field(64, ge=1, description="LoRA rank.")
     lora_alpha: float | None = Field(None, gt=0, description="LoRA alpha. Default: lora_rank (scale 1).")

@@ -10,10 +10,12 @@ from cinetune.objectives.flow import (
     sample_latents,
     sample_sigmas,
     shift_sigmas,
+    with_clean_tokens,
 )
-from cinetune.objectives.loss import LossOutput, LossStream, ModelInputs, compute_loss
+from cinetune.objectives.loss import FlowState, LossOutput, LossStream, ModelInputs, compute_loss
 
 __all__ = [
+    "FlowState",
     "LossOutput",
     "LossStream",
     "ModelInputs",
@@ -24,4 +26,5 @@ __all__ = [
     "sample_latents",
     "sample_sigmas",
     "shift_sigmas",
+    "with_clean_tokens",
 ]

@@ -56,6 +56,17 @@ def first_frame_mask(
     return mask
 
 
+def with_clean_tokens(
+    x0: torch.Tensor, noisy: torch.Tensor, sigmas: torch.Tensor, clean: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's view of noisy tokens (B, N, C) at `sigmas` (B,): conditioning tokens (`clean`, (B, N)) put
+    back to x0 with sigma 0, so the sigma becomes per token (B, N); without clean tokens, as they are."""
+    if clean is None:
+        return noisy, sigmas
+    per_token = sigmas.view(-1, 1).expand(x0.shape[0], x0.shape[1]).to(x0.dtype)
+    return torch.where(clean.unsqueeze(-1), x0, noisy), per_token * (~clean).to(per_token.dtype)
+
+
 def noisy_and_target(
     x0: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor, clean: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -66,10 +77,9 @@ def noisy_and_target(
     """
     s = sigmas.view(-1, 1, 1).to(x0.dtype)
     noisy = (1 - s) * x0 + s * noise
-    per_token = sigmas.view(-1, 1).expand(x0.shape[0], x0.shape[1]).to(x0.dtype)
-    if clean is not None:
-        noisy = torch.where(clean.unsqueeze(-1), x0, noisy)
-        per_token = per_token * (~clean).to(per_token.dtype)
+    if clean is None:
+        clean = torch.zeros(x0.shape[:2], dtype=torch.bool, device=x0.device)
+    noisy, per_token = with_clean_tokens(x0, noisy, sigmas, clean)
     return noisy, noise - x0, per_token
 
 

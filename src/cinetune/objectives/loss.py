@@ -14,6 +14,7 @@ Regularizers and token routing add streams or terms here, once, for every family
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,17 +36,30 @@ class LossStream:
 
 
 @dataclass
+class FlowState:
+    """The video stream's flow-matching draw of a forward pass, in the stream's token layout (B, N, C): what
+    scheduled sampling needs to move the noisy input. `inputs_at(noisy, sigmas)` gives the model arguments
+    that depend on them (the noisy input, with conditioning tokens put back clean, and the timesteps)."""
+
+    x0: torch.Tensor
+    noise: torch.Tensor
+    sigmas: torch.Tensor  # (B,)
+    inputs_at: Callable[[torch.Tensor, torch.Tensor], dict[str, Any]]
+
+
+@dataclass
 class ModelInputs:
     """One forward pass: the model's keyword arguments and the streams its outputs are scored on.
 
     `video_grid` (frames, height, width) is the grid of the transformer's video tokens (after patching), in
     their order; `cond_tokens` (B, N) marks the conditioning ones (a clean first frame). Token routing and
-    representation alignment read them."""
+    representation alignment read them; `flow` scheduled sampling."""
 
     kwargs: dict[str, Any]
     streams: list[LossStream]
     video_grid: tuple[int, int, int] | None = None
     cond_tokens: torch.Tensor | None = None
+    flow: FlowState | None = None
 
     def stream(self, name: str) -> LossStream:
         return next(s for s in self.streams if s.name == name)

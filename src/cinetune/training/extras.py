@@ -1,9 +1,9 @@
 """The optional training features of a run, gathered in one place the trainer calls at fixed points.
 
 Each feature is off by default and lives in its own module (ema.py, routing.py...); `RunExtras` builds the
-ones the config turns on and answers the trainer's few questions: what to do around each forward pass (the
-`StepHooks` of training/step.py), after an optimizer step, which extra state a checkpoint holds, which
-weights validation and export run with.
+ones the config turns on (EMA, TREAD, scheduled sampling...) and answers the trainer's few questions: what to
+do around each forward pass (the `StepHooks` of training/step.py), after an optimizer step, which extra state
+a checkpoint holds, which weights validation and export run with.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch
 
 from cinetune.objectives import ModelInputs
 from cinetune.training.ema import WeightEMA
+from cinetune.training.rollout import Rollout
 from cinetune.training.routing import TokenRouter
 
 Weights = Callable[[], AbstractContextManager[Any]]
@@ -29,12 +30,15 @@ class RunExtras:
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.ema = WeightEMA(named, cfg, device) if cfg.use_ema else None
         self.router = TokenRouter(family, model, list(cfg.tread_config.routes)) if cfg.tread_config else None
+        self.rollout = Rollout(cfg) if cfg.scheduled_sampling_max_step_offset > 0 else None
         self.step = 0  # optimizer steps taken
 
     # ---- around each forward pass (StepHooks) ----------------------------------------------------------
     def before_forward(
         self, model: torch.nn.Module, forward: ModelInputs, generator: torch.Generator
     ) -> None:
+        if self.rollout is not None:  # the model's own input first (no gradient, every token)
+            self.rollout.apply(model, forward, self.step, generator)
         if self.router is not None:
             self.router.prepare(forward, generator)
 

@@ -35,7 +35,14 @@ from cinetune.models.kandinsky5.inputs import (
     visual_rope_positions,
 )
 from cinetune.models.loading import ComponentLoader
-from cinetune.objectives import LossStream, ModelInputs, sample_latents, sample_sigmas, shift_sigmas
+from cinetune.objectives import (
+    FlowState,
+    LossStream,
+    ModelInputs,
+    sample_latents,
+    sample_sigmas,
+    shift_sigmas,
+)
 
 logger = logging.getLogger(__name__)
 _REPO = "kandinskylab/Kandinsky-5.0-{}-Diffusers"
@@ -430,28 +437,36 @@ class Kandinsky5VideoFamily(ModelFamily):
             raise ValueError("prepare_inputs takes captions of one token length; split the batch by length")
         length = int(lengths[0])
         device = latents.device
-        s = sigmas.view(-1, 1, 1, 1, 1).to(latents.dtype)
-        noisy = (1.0 - s) * latents + s * noise
+        batch, channels, frames, height, width = latents.shape
+
+        def inputs_at(noisy: torch.Tensor, s: torch.Tensor) -> dict[str, Any]:
+            """noisy: the loss stream's tokens (B, F*H*W, C); the image frame (I2V) is put back clean."""
+            grid = noisy.reshape(batch, frames, height, width, channels).permute(0, 4, 1, 2, 3)
+            return {
+                "hidden_states": visual_input(grid, image_latents).to(dtype),
+                "timestep": (s * 1000.0).to(device, dtype),
+            }
+
+        x0, eps = to_channels_last(latents).flatten(1, 3), to_channels_last(noise).flatten(1, 3)
+        s = sigmas.view(-1, 1, 1).to(latents.dtype)
         kwargs = {
-            "hidden_states": visual_input(noisy, image_latents).to(dtype),
+            **inputs_at((1.0 - s) * x0 + s * eps, sigmas),
             "encoder_hidden_states": text["prompt_embeds"][:, :length].to(device, dtype),
             "pooled_projections": text["pooled_prompt_embeds"].to(device, dtype),
-            "timestep": (sigmas * 1000.0).to(device, dtype),
             "visual_rope_pos": visual_rope_positions(latents.shape, device),
             "text_rope_pos": torch.arange(length, device=device),
             "scale_factor": self.rope_scale_factor,
             "return_dict": True,
         }
-        target = to_channels_last(noise - latents).flatten(1, 3)
         mask = token_loss_mask(latents.shape, image_latents is not None, device)
-        _, _, frames, height, width = latents.shape
         grid = (frames, height // 2, width // 2)  # the transformer's (1, 2, 2) patches, frame -> row -> col
         cond = None
         if image_latents is not None:  # latent frame 0 is the clean image: its tokens
             cond = torch.zeros(latents.shape[0], math.prod(grid), dtype=torch.bool, device=device)
             cond[:, : grid[1] * grid[2]] = True
-        streams = [LossStream("video", target, mask=mask)]
-        return ModelInputs(kwargs, streams, video_grid=grid, cond_tokens=cond)
+        streams = [LossStream("video", eps - x0, mask=mask)]
+        flow = FlowState(x0, eps, sigmas, inputs_at)
+        return ModelInputs(kwargs, streams, video_grid=grid, cond_tokens=cond, flow=flow)
 
     def training_inputs(
         self,

@@ -29,12 +29,13 @@ from cinetune.models.base import (
 from cinetune.models.loading import ComponentLoader
 from cinetune.models.ltxvideo.configs import ARCH_2B, ARCH_13B, TINY_TRANSFORMER_CONFIG
 from cinetune.objectives import (
+    FlowState,
     LossStream,
     ModelInputs,
     first_frame_mask,
-    noisy_and_target,
     sample_latents,
     sample_sigmas,
+    with_clean_tokens,
 )
 
 logger = logging.getLogger(__name__)
@@ -264,18 +265,17 @@ class LTXVideoFamily(ModelFamily):
         `first_frame` (B, N) marks clean conditioning tokens (LTX-Video-Trainer's first-frame conditioning):
         they stay x0, get timestep 0 (the timestep becomes per token) and carry no loss."""
         _, _, frames, height, width = latents.shape
-        noisy, target, token_sigmas = noisy_and_target(
-            pack_latents(latents), pack_latents(noise), sigmas, first_frame
-        )
-        if first_frame is None:
-            timestep = torch.round(sigmas * 1000.0).to(latents.device)
-        else:
-            timestep = torch.round(token_sigmas * 1000.0)
+        x0, eps = pack_latents(latents), pack_latents(noise)
+
+        def inputs_at(noisy: torch.Tensor, s: torch.Tensor) -> dict[str, Any]:
+            noisy, token_sigmas = with_clean_tokens(x0, noisy, s, first_frame)
+            return {"hidden_states": noisy.to(dtype), "timestep": torch.round(token_sigmas * 1000.0)}
+
+        s = sigmas.view(-1, 1, 1).to(x0.dtype)
         kwargs = {
-            "hidden_states": noisy.to(dtype),
+            **inputs_at((1 - s) * x0 + s * eps, sigmas),
             "encoder_hidden_states": text["prompt_embeds"].to(latents.device, dtype),
             "encoder_attention_mask": text["prompt_attention_mask"].to(latents.device),
-            "timestep": timestep,
             "num_frames": frames,
             "height": height,
             "width": width,
@@ -288,8 +288,10 @@ class LTXVideoFamily(ModelFamily):
         }
         # LTX-Video-Trainer: the mean over every loss token of the batch, mean(L * m) / mean(m).
         mask = None if first_frame is None else ~first_frame
-        streams = [LossStream("video", target, mask=mask)]
-        return ModelInputs(kwargs, streams, video_grid=(frames, height, width), cond_tokens=first_frame)
+        streams = [LossStream("video", eps - x0, mask=mask)]
+        flow = FlowState(x0, eps, sigmas, inputs_at)
+        grid = (frames, height, width)
+        return ModelInputs(kwargs, streams, video_grid=grid, cond_tokens=first_frame, flow=flow)
 
     def training_inputs(
         self,

@@ -49,7 +49,7 @@ from cinetune.models.ltxvideo2.checkpoint import (
 )
 from cinetune.models.ltxvideo2.convert import TRANSFORMER_RENAMES
 from cinetune.models.ltxvideo2.flow import first_frame_mask, noisy_and_target, sample_sigmas
-from cinetune.objectives import LossStream, ModelInputs, sample_latents
+from cinetune.objectives import FlowState, LossStream, ModelInputs, sample_latents, with_clean_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -466,12 +466,19 @@ class LTX2Family(ModelFamily):
         video-only forward."""
         batch, _, frames, height, width = latents.shape
         device = latents.device
-        noisy, target, token_sigmas = noisy_and_target(
-            pack_latents(latents), pack_latents(noise), sigmas, first_frame
-        )
-        timestep = token_sigmas * 1000.0
-        if first_frame is None or not bool(first_frame.any()):
-            timestep = sigmas * 1000.0  # one value per sample: the same as per-token, cheaper
+        x0, eps = pack_latents(latents), pack_latents(noise)
+        if first_frame is not None and not bool(first_frame.any()):
+            first_frame = None  # one timestep per sample: the same as per token, cheaper
+
+        def inputs_at(noisy: torch.Tensor, s: torch.Tensor) -> dict[str, Any]:
+            noisy, token_sigmas = with_clean_tokens(x0, noisy, s, first_frame)
+            out = {"hidden_states": noisy.to(dtype), "timestep": token_sigmas * 1000.0, "sigma": s * 1000.0}
+            if audio is None:  # the stub runs at the video's sigma
+                out.update(audio_timestep=s * 1000.0, audio_sigma=s * 1000.0)
+            return out
+
+        s = sigmas.view(-1, 1, 1).to(x0.dtype)
+        video = inputs_at((1 - s) * x0 + s * eps, sigmas)
         video_ctx, audio_ctx, ctx_mask = text_module.run_connectors(self.connectors(device, dtype), text)
         if audio is not None:
             audio_in, audio_target, _ = noisy_and_target(audio.latents, audio.noise, audio.sigmas)
@@ -485,16 +492,14 @@ class LTX2Family(ModelFamily):
             audio_in, audio_target = torch.zeros(batch, 1, channels, device=device), None
             audio_t = sigmas * 1000.0
         kwargs = {
-            "hidden_states": noisy.to(dtype),
             "audio_hidden_states": audio_in.to(dtype),
             "encoder_hidden_states": video_ctx.to(dtype),
             "audio_encoder_hidden_states": audio_ctx.to(dtype),
             "encoder_attention_mask": ctx_mask,
             "audio_encoder_attention_mask": ctx_mask,
-            "timestep": timestep,
             "audio_timestep": audio_t,
-            "sigma": sigmas * 1000.0,
             "audio_sigma": audio_t,
+            **video,
             "num_frames": frames,
             "height": height,
             "width": width,
@@ -508,10 +513,12 @@ class LTX2Family(ModelFamily):
         }
         # The LTX-2 trainer's loss: per sample masked video MSE + masked audio MSE (1:1), then the batch mean.
         video_mask = ~first_frame if first_frame is not None else None
-        streams = [LossStream("video", target, output=0, mask=video_mask, per_sample=True)]
+        streams = [LossStream("video", eps - x0, output=0, mask=video_mask, per_sample=True)]
         if audio is not None:
             streams.append(LossStream("audio", audio_target, output=1, mask=audio.mask, per_sample=True))
-        return ModelInputs(kwargs, streams, video_grid=(frames, height, width), cond_tokens=first_frame)
+        flow = FlowState(x0, eps, sigmas, inputs_at)
+        grid = (frames, height, width)
+        return ModelInputs(kwargs, streams, video_grid=grid, cond_tokens=first_frame, flow=flow)
 
     def training_inputs(
         self,

@@ -16,6 +16,10 @@ from the baseline config. Groups:
   over every block (what the 2-block tiny models can take);
 - scheduled sampling: off, every sample rolled out up to 5 steps, half of them up to 10 (a step's cost
   follows the longest rollout its draw gives);
+- CREPA: off, block 8 against dinov2_vitg14 features at 518 px (37 x 37 patches, width 1536), block 1
+  against dinov2_vits14 at 224 (16 x 16, width 384): the training-step cost (projector and alignment; the
+  features come from the cache, random here, so the DINOv2 encoder's cost, paid once per cached window, is
+  not in it);
 - gradient checkpointing: off, every block, 1 block in 2, 1 block in 4.
 
 Printed per variant: s/step (median), its ratio to the baseline (below 1 = faster), peak memory allocated
@@ -44,6 +48,15 @@ from cinetune.plan import resolve
 
 def _tread(ratio: float, start: int, end: int) -> dict[str, Any]:
     return {"routes": [{"selection_ratio": ratio, "start_layer_idx": start, "end_layer_idx": end}]}
+
+
+def _crepa(block: int, model: str, size: int) -> dict[str, Any]:
+    return {
+        "crepa_enabled": True,
+        "crepa_block_index": block,
+        "crepa_model": model,
+        "crepa_encoder_image_size": size,
+    }
 
 
 GROUPS: dict[str, list[tuple[str, dict[str, Any]]]] = {
@@ -82,6 +95,11 @@ GROUPS: dict[str, list[tuple[str, dict[str, Any]]]] = {
             "p 0.5, up to 10",
             {"scheduled_sampling_max_step_offset": 10, "scheduled_sampling_probability": 0.5},
         ),
+    ],
+    "crepa": [
+        ("off", {"crepa_enabled": False}),
+        ("block 8, vitg14 518", {"crepa_enabled": True}),  # the quickstarts' values
+        ("block 1, vits14 224", _crepa(1, "dinov2_vits14", 224)),  # what the 2-block tiny models take
     ],
     "checkpointing": [
         ("off", {"gradient_checkpointing": False, "gradient_checkpointing_interval": 1}),

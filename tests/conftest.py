@@ -96,3 +96,17 @@ def write_configs(
 @pytest.fixture
 def make_config():
     return write_configs
+
+
+@pytest.fixture(scope="session")
+def tiny_dinov2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random transformers Dinov2Model in a local folder (CREPA's crepa_model), 14 px patches."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    config = Dinov2Config(
+        hidden_size=24, num_hidden_layers=1, num_attention_heads=2, mlp_ratio=2, image_size=28, patch_size=14
+    )
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-dinov2") / "dinov2-tiny"
+    Dinov2Model(config).save_pretrained(folder)
+    return folder

@@ -329,6 +329,21 @@ class World:
             self._memo[key] = config.parent / output
         return self._memo[key]
 
+    def dinov2(self) -> Path:
+        """A tiny random transformers Dinov2Model folder (CREPA's crepa_model): width 24, 14 px patches."""
+        if "dinov2" not in self._memo:
+            from transformers import Dinov2Config, Dinov2Model
+
+            config = Dinov2Config(
+                hidden_size=24, num_hidden_layers=1, num_attention_heads=2, mlp_ratio=2, image_size=28
+            )
+            with torch.random.fork_rng():
+                torch.manual_seed(0)
+                folder = self.fresh("dinov2") / "dinov2-tiny"
+                Dinov2Model(config).save_pretrained(folder)
+            self._memo["dinov2"] = folder
+        return self._memo["dinov2"]
+
     def ltx2_plan(self, **kw: Any) -> RunPlan:
         return self.plan(**{**LTX2, **kw})
 
@@ -974,6 +989,80 @@ def probe_scheduled_sampling_reflexflow(w: World) -> None:
     _rejected(lambda: w.plan(**{f"{SS}reflexflow": True}), "ReflexFlow", error=NotSupportedYet)
 
 
+# ---- TrainConfig: CREPA ---------------------------------------------------------------------------------
+def _crepa(w: World, **kw: Any) -> dict[str, Any]:
+    settings = {"crepa_enabled": True, "crepa_block_index": 1, "crepa_model": str(w.dinov2())}
+    return {**settings, "crepa_encoder_image_size": 28, **kw}
+
+
+def _crepa_term(w: World, **kw: Any) -> float:
+    """The CREPA term of one training forward of the tiny LTX-Video (synthetic features, fixed draws)."""
+    from cinetune.training.step import step_loss
+
+    trainer = w.trainer(**_crepa(w, **kw))
+    out = step_loss(
+        trainer.family,
+        trainer.model,
+        w.batch(trainer),
+        torch.Generator().manual_seed(0),
+        "uniform",
+        CPU,
+        torch.float32,
+        trainer.extras,
+    )
+    return float(out.streams["crepa"])
+
+
+def probe_crepa_enabled(w: World) -> None:
+    assert w.trainer().extras.crepa is None
+    trainer = w.trainer(**_crepa(w))
+    assert trainer.extras.crepa is not None and any("crepa" in n for n, _ in trainer.model.named_parameters())
+    entry = w.cached(**_crepa(w)).load_group([[0, 1]])[0]
+    assert entry.tensors["crepa_features"].shape == (2, 2, 4, 24)  # 2 latent frames, 2 x 2 patches, width 24
+    assert "crepa_features" not in w.cached().load_group([[0, 1]])[0].tensors
+    assert any("crepa_lambda changes nothing" in m for m in w.plan(crepa_lambda=1.0).warnings)
+
+
+def probe_crepa_block_index(w: World) -> None:
+    assert _crepa_term(w, crepa_block_index=0) != _crepa_term(w, crepa_block_index=1)
+    _rejected(lambda: w.check(**_crepa(w, crepa_block_index=2)), "crepa_block_index 2")
+
+
+def probe_crepa_lambda(w: World) -> None:
+    assert _crepa_term(w, crepa_lambda=1.0) == pytest.approx(2 * _crepa_term(w), rel=1e-5)  # default 0.5
+
+
+def probe_crepa_adjacent_distance(w: World) -> None:
+    assert _crepa_term(w, crepa_adjacent_distance=0) != pytest.approx(_crepa_term(w))
+
+
+def probe_crepa_adjacent_tau(w: World) -> None:
+    assert _crepa_term(w, crepa_adjacent_tau=0.5) != pytest.approx(_crepa_term(w))
+    assert _crepa_term(w, crepa_adjacent_distance=0, crepa_adjacent_tau=0.5) == pytest.approx(
+        _crepa_term(w, crepa_adjacent_distance=0)
+    )
+
+
+def probe_crepa_model(w: World) -> None:
+    def width(**kw: Any) -> int:
+        return w.trainer(**_crepa(w, **kw)).extras.crepa.projector[1].out_features
+
+    assert width() == 24  # the tiny DINOv2 folder's hidden size
+    assert width(crepa_model="dinov2_vits14") == 384  # facebook/dinov2-small's, without the hub
+    assert width(crepa_model=UNSET) == 1536  # default dinov2_vitg14
+    _rejected(lambda: w.trainer(**_crepa(w, crepa_model=str(w.root / "no-such-model"))), "crepa_model")
+
+
+def probe_crepa_encoder_image_size(w: World) -> None:
+    entry = w.cached(**_crepa(w, crepa_encoder_image_size=56)).load_group([[0, 1]])[0]
+    assert entry.tensors["crepa_features"].shape[2] == 16  # 4 x 4 patches of 14 px
+
+
+def probe_crepa_drop_vae_encoder(w: World) -> None:
+    warned = w.plan(**_crepa(w, crepa_drop_vae_encoder=True)).warnings
+    assert any("crepa_drop_vae_encoder changes nothing" in m for m in warned)
+
+
 # ---- TrainConfig: checkpoints ----------------------------------------------------------------------------
 def _checkpoints(output: Path) -> list[str]:
     return sorted(p.name for p in output.glob("checkpoint-*"))
@@ -1599,6 +1688,7 @@ TRAIN_KEYS: dict[str, Any] = {
     "vae_latent_sampling": probe_vae_latent_sampling,
     "first_frame_conditioning_p": probe_first_frame_conditioning_p,
     "tread_config": probe_tread_config,
+    **{key: globals()[f"probe_{key}"] for key in TrainConfig.model_fields if key.startswith("crepa_")},
     **{
         key: globals()[f"probe_{key}"]
         for key in TrainConfig.model_fields

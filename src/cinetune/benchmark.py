@@ -27,6 +27,7 @@ from cinetune.config import AudioOptions, DataBackendConfig, DatasetConfig
 from cinetune.models.base import random_module
 from cinetune.plan import RunPlan
 from cinetune.training.batches import Batch
+from cinetune.training.extras import frame_features
 from cinetune.training.speed import apply_gradient_checkpointing
 from cinetune.training.trainer import Trainer
 
@@ -70,6 +71,10 @@ def synthetic_batch(trainer: Trainer, config: dict[str, Any], size: tuple[int, i
     fps = trainer.cfg.frame_rate
     latents = [family.synthetic_latents(config, size[0], size[1], frames, fps) for _ in range(batch)]
     tensors = {key: torch.stack([item[key] for item in latents]) for key in latents[0]}
+    if trainer.cfg.crepa_enabled:  # the vision features the cache holds: one map per latent frame
+        vision = frame_features(trainer.cfg)
+        shape = (batch, tensors["latents"].shape[2], vision.patches(), vision.width())
+        tensors["crepa_features"] = torch.randn(shape)
     text = family.collate_text([family.synthetic_caption(config, tokens) for _ in range(batch)])
     return Batch(
         tensors=tensors,

@@ -162,6 +162,22 @@ _MOOT: dict[str, tuple[str, Any, str]] = {
     "checkpoints_total_limit": ("checkpointing_steps", lambda v: v is None, "no checkpoint is written"),
     "lycoris_config": ("lora_type", lambda v: v != "lycoris", "lora_type is not lycoris"),
     **{
+        f"crepa_{key}": ("crepa_enabled", lambda v: not v, "crepa_enabled is false")
+        for key in (
+            "block_index",
+            "lambda",
+            "adjacent_distance",
+            "adjacent_tau",
+            "model",
+            "encoder_image_size",
+        )
+    },
+    "crepa_drop_vae_encoder": (
+        "crepa_enabled",
+        lambda v: True,
+        "cinetune's CREPA reads the vision features from the latent cache and holds no VAE while training",
+    ),
+    **{
         f"scheduled_sampling_{key}": (
             "scheduled_sampling_max_step_offset",
             lambda v: v == 0,
@@ -264,16 +280,21 @@ def _check_scheduled_sampling(train: TrainConfig) -> None:
 
 
 def _check_video_blocks(train: TrainConfig, family: ModelFamily) -> None:
-    """Block ranges (TREAD routes) against the flavour's number of video blocks, where its architecture is
-    known (the loaded model's own count is checked again when training starts)."""
-    if train.tread_config is None:
+    """Block indices (TREAD routes, CREPA's block) against the flavour's number of video blocks, where its
+    architecture is known (the loaded model's own count is checked again when training starts)."""
+    if train.tread_config is None and not train.crepa_enabled:
         return
     try:
-        count = family.architecture_config().get(family.video_blocks_config_key)
+        count = int(family.architecture_config().get(family.video_blocks_config_key) or 0)
     except NotSupportedYet:
         return
-    if count:
-        resolve_routes(list(train.tread_config.routes), int(count))
+    if count and train.tread_config is not None:
+        resolve_routes(list(train.tread_config.routes), count)
+    if count and train.crepa_enabled and train.crepa_block_index >= count:
+        raise ConfigError(
+            f"crepa_block_index {train.crepa_block_index}: the {family.name} flavour has {count} video "
+            "blocks (0-based)"
+        )
 
 
 def _check_adapter(train: TrainConfig) -> None:

@@ -19,6 +19,7 @@ import torch
 from cinetune.cache.store import TensorCache, cache_key
 from cinetune.data import Sample, load_pixels
 from cinetune.models.base import ModelFamily
+from cinetune.models.vision import FrameFeatures
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +62,10 @@ class CacheBuilder:
         max_sequence_length: int,
         text_batch_size: int = 16,
         progress: Callable[[str, int], Iterable] | None = None,
+        features: FrameFeatures | None = None,
     ) -> None:
         self.family = family
+        self.features = features  # CREPA: vision features of each window, stored with its latents
         self.index = CacheIndex(TensorCache(text_root), {k: TensorCache(v) for k, v in latent_roots.items()})
         self.device = device
         self.dtype = dtype
@@ -100,6 +103,7 @@ class CacheBuilder:
                 "vae": self.family.component_identity("vae"),
                 "dtype": self._dtype_name,
                 **self.family.latent_key_fields(sample),
+                **({"crepa": self.features.identity} if self.features is not None else {}),
             }
         )
 
@@ -156,6 +160,7 @@ class CacheBuilder:
         start = time.perf_counter()
         frames = 0
         encoders = self.family.load_latent_encoders(self.dtype)  # the VAE, and e.g. an audio VAE
+        vision = self.features.load(self.dtype).to(self.device) if self.features is not None else None
         for encoder in encoders.values():
             encoder.requires_grad_(False).eval().to(self.device)
         bar = self.progress("video latents", len(todo))
@@ -164,6 +169,9 @@ class CacheBuilder:
             pixels = load_pixels(sample, window)
             frames += pixels.shape[1]
             tensors = self.family.encode_sample(encoders, sample, window, pixels)
+            if vision is not None:
+                latent_frames = tensors["latents"].shape[1]
+                tensors["crepa_features"] = self.features.encode(vision, pixels, latent_frames)
             meta = {
                 "path": str(sample.path),
                 "start": str(sample.window_starts[window]),
@@ -176,7 +184,7 @@ class CacheBuilder:
                 bar(1)
         for encoder in encoders.values():
             encoder.cpu()
-        del encoders
+        del encoders, vision
         _collect()
         seconds = time.perf_counter() - start
         self.index.stats.update(latent_seconds=seconds, latent_frames=frames)

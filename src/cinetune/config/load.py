@@ -25,8 +25,7 @@ NOT_SUPPORTED_YET: dict[str, str] = {
     "enable_block_swap": "block swap",
     "musubi_blocks_to_swap": "block swap",
     "blocks_to_swap": "block swap",
-    "crepa_enabled": "CREPA",
-    "crepa_config": "CREPA",
+    "crepa_config": "a CREPA config block (cinetune reads the crepa_* keys)",
     "quantize_via": "quantization",
     "quantize_activations": "quantization",
     "text_encoder_1_precision": "text-encoder quantization",
@@ -45,10 +44,10 @@ NOT_SUPPORTED_YET: dict[str, str] = {
     "text_encoder_2_precision": "text-encoder quantization",
     "ramtorch": "RamTorch offload",
 }
-# Key families of features not built yet, by prefix (crepa_lambda, scheduled_sampling_probability, ...).
+# Key families with keys not built yet, by prefix (crepa_cumulative_neighbors, scheduled_sampling_order...).
 NOT_SUPPORTED_PREFIXES: dict[str, str] = {
-    "crepa_": "CREPA",
-    "scheduled_sampling_": "scheduled sampling",
+    "crepa_": "this CREPA option",
+    "scheduled_sampling_": "this scheduled-sampling option",
     "ema_": "this EMA option",
     "fsdp_": "FSDP2 sharding",
     "group_offload_": "group offload",
@@ -63,6 +62,7 @@ _NOT_SUPPORTED_VALUES: dict[str, tuple[tuple[str, ...], str]] = {
 KEY_ALIASES: dict[str, str] = {
     "validation_step_interval": "validation_steps",
     "checkpoint_step_interval": "checkpointing_steps",
+    "crepa_encoder": "crepa_model",  # SimpleTuner's CREPA guide spells it so
 }
 
 

@@ -142,6 +142,34 @@ class TrainConfig(BaseModel):
         '"end_layer_idx": -2}]}: that share of the video tokens (drawn at random per step; conditioning '
         "first-frame tokens always kept) skips those video blocks. Training only.",
     )
+    crepa_enabled: bool = Field(
+        False,
+        description="CREPA: align one video block's hidden states, through a trained projector, with frozen "
+        "DINOv2 features of the same and neighbouring frames (cached with the latents).",
+    )
+    crepa_block_index: int = Field(
+        8, ge=0, description="CREPA: the video block (0-based) whose output hidden states are aligned."
+    )
+    crepa_lambda: float = Field(0.5, ge=0, description="CREPA: weight of the alignment term in the loss.")
+    crepa_adjacent_distance: int = Field(
+        1, ge=0, description="CREPA: frame distance d of the neighbours aligned besides the frame itself."
+    )
+    crepa_adjacent_tau: float = Field(
+        1.0, gt=0, description="CREPA: temperature of the neighbour weight exp(-d / tau)."
+    )
+    crepa_model: str = Field(
+        "dinov2_vitg14",
+        description="CREPA vision encoder: dinov2_vits14 / _vitb14 / _vitl14 / _vitg14 (facebook/dinov2-*), "
+        "or a hub id or local folder of a transformers Dinov2Model.",
+    )
+    crepa_encoder_image_size: int = Field(
+        518, ge=14, description="CREPA: frames are resized to this square size for the encoder (vitg14: 518)."
+    )
+    crepa_drop_vae_encoder: bool = Field(
+        False,
+        description="CREPA: free the VAE encoder during training. cinetune's CREPA reads the vision features "
+        "from the cache and holds no VAE while training, so it changes nothing (said at check).",
+    )
     scheduled_sampling_max_step_offset: int = Field(
         0,
         ge=0,

@@ -160,6 +160,10 @@ class ModelFamily(ABC):
         that fix its inputs, facts read from its config); nothing by default. `load_transformer` calls it."""
         return model
 
+    def video_hidden_size(self, config: Any) -> int:
+        """Width of the video hidden states between the video blocks (CREPA's projector input)."""
+        return int(config.num_attention_heads * config.attention_head_dim)
+
     def lora_targets(self) -> list[str]:
         """LoRA target modules when lora_target_modules is unset (may depend on `configure`)."""
         return list(self.default_lora_targets)

@@ -60,6 +60,7 @@ class ModelInputs:
     video_grid: tuple[int, int, int] | None = None
     cond_tokens: torch.Tensor | None = None
     flow: FlowState | None = None
+    rows: torch.Tensor | None = None  # the micro-batch's samples in this pass (None: all, in order)
 
     def stream(self, name: str) -> LossStream:
         return next(s for s in self.streams if s.name == name)

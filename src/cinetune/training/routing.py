@@ -72,6 +72,16 @@ def _take(value: Any, kept: torch.Tensor, dim: int, num_tokens: int) -> Any:
     return torch.gather(moved, 1, index).movedim(1, axis)
 
 
+def restore_tokens(video: torch.Tensor) -> torch.Tensor:
+    """A block's video output as the whole token sequence: inside a route, the kept tokens' states put back
+    among the others as they entered the route (what the route's end restores); else as it is."""
+    plan = getattr(video, _ROUTED, None)
+    if plan is None:
+        return video
+    index = plan.kept.to(video.device)[..., None].expand(-1, -1, video.shape[-1])
+    return plan.full.scatter(1, index, video.to(plan.full.dtype))
+
+
 class TokenRouter:
     """The hooks of every route on the family's video blocks, and the draw of each forward pass."""
 
@@ -145,11 +155,9 @@ class TokenRouter:
             if plan is None:
                 return None
             video_out = output[0] if isinstance(output, tuple) else output
+            setattr(video_out, _ROUTED, plan)
             if is_end:
-                index = plan.kept.to(video_out.device)[..., None].expand(-1, -1, video_out.shape[-1])
-                video_out = plan.full.scatter(1, index, video_out.to(plan.full.dtype))
-            else:
-                setattr(video_out, _ROUTED, plan)
+                video_out = restore_tokens(video_out)
             return (video_out, *output[1:]) if isinstance(output, tuple) else video_out
 
         return hook

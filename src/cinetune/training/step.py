@@ -15,6 +15,8 @@ class StepHooks(Protocol):
     """What the run's optional features do around each forward pass (training/extras.py): change its inputs
     or route its tokens before it, and turn what it left behind into loss terms after it."""
 
+    def begin(self, batch: Batch) -> None: ...
+
     def before_forward(
         self, model: torch.nn.Module, forward: ModelInputs, generator: torch.Generator
     ) -> None: ...
@@ -39,6 +41,8 @@ def step_loss(
     across devices."""
     config = getattr(model, "module", model).config
     inputs = family.training_inputs(batch, generator, sigma_sampler, device, dtype, config)
+    if hooks is not None:
+        hooks.begin(batch)
     outputs = []
     for forward in inputs:
         if hooks is not None:

@@ -23,7 +23,7 @@ from cinetune.plan import RunPlan, resolve_checkpoint
 from cinetune.training.adapters import build_adapter
 from cinetune.training.batches import Batch, load_batch
 from cinetune.training.checkpoint import Checkpointer
-from cinetune.training.extras import RunExtras
+from cinetune.training.extras import RunExtras, frame_features
 from cinetune.training.metrics import MetricsLog, make_progress
 from cinetune.training.optim import build_optimizer, build_scheduler
 from cinetune.training.sampler import epoch_batches, plan_epoch
@@ -147,6 +147,7 @@ class Trainer:
             dtype=self.weight_dtype,
             max_sequence_length=self.max_sequence_length,
             text_batch_size=embeds.write_batch_size if embeds else 16,
+            features=frame_features(self.cfg),  # CREPA's vision features, stored with the latents
         )
         extra = set(self.prompts.values()) | {self.cfg.validation_negative_prompt}
         # The main process builds what is missing; the others then find every entry on disk.
@@ -193,6 +194,8 @@ class Trainer:
         self.adapter = build_adapter(cfg)  # peft LoRA / DoRA, or LyCORIS (training/adapters.py)
         self.adapter.inject(transformer)
         self.lora_config = getattr(self.adapter, "config", None)
+        # TREAD, scheduled sampling, CREPA, EMA: the optional features (training/extras.py)
+        self.extras = RunExtras(cfg, self.family, transformer)
         params = [p for p in transformer.parameters() if p.requires_grad]
         for p in params:  # LoRA weights and optimizer state in fp32, frozen weights in weight_dtype
             p.data = p.data.float()
@@ -208,8 +211,7 @@ class Trainer:
         self.scheduler = build_scheduler(optimizer, cfg, total_steps)
         self.model, self.optimizer = self.acc.prepare(transformer, optimizer)
         self.params = params
-        # EMA, TREAD...: the optional features (training/extras.py), on the trained model
-        self.extras = RunExtras(cfg, self.family, self.acc.unwrap_model(self.model), self.device)
+        self.extras.start(self.acc.unwrap_model(self.model), self.device)
 
     def _make_validator(self) -> Validator | None:
         cfg = self.cfg

@@ -247,6 +247,9 @@ class Kandinsky5VideoFamily(ModelFamily):
                 resolved["attention_backend"] = "flex"
         return resolved
 
+    def video_hidden_size(self, config: Any) -> int:
+        return int(config.model_dim)
+
     def configure_datasets(self, data: Any) -> None:
         """Image-to-video conditions on latent frame 0 and trains the others: a clip needs 2 latent frames."""
         super().configure_datasets(data)
@@ -505,6 +508,7 @@ class Kandinsky5VideoFamily(ModelFamily):
                 image_latents=None if image is None else image[rows].to(device),
             )
             inputs.kwargs["sparse_params"] = sparse_params(model_config, inputs.kwargs["hidden_states"])
+            inputs.rows = rows
             forwards.append(inputs)
         return forwards
 

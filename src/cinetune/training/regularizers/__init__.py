@@ -1,0 +1,1 @@
+"""Regularizers: loss terms added to the one loss (`compute_loss`'s terms) from what a forward pass left."""

@@ -171,7 +171,8 @@ def caption_folder(
     store = CaptionStore(Path(folder), opts.output)
     clips = list_files(Path(folder), VIDEO_EXTS)
     todo = clips if opts.overwrite else [c for c in clips if not store.has(c)]
-    report.kept = [c.name for c in clips if c not in todo]
+    pending = set(todo)
+    report.kept = [c.name for c in clips if c not in pending]
     progress.start(len(todo), "caption")
     if not todo:
         return report

@@ -84,10 +84,10 @@ class OpenAICaptioner:
         for attempt in range(self.opts.max_retries + 1):
             if attempt:
                 wait = min(self.opts.backoff * 2 ** (attempt - 1), self.opts.backoff_max)
-                wait = max(wait, min(self._retry_after, self.opts.backoff_max))
+                wait = max(wait, min(self._server_wait, self.opts.backoff_max))
                 logger.info("%s; retry %d of %d in %.1f s", reason, attempt, self.opts.max_retries, wait)
                 time.sleep(wait)
-            self._retry_after = 0.0
+            self._server_wait = 0.0
             self._pace()
             try:
                 return self._request(data)
@@ -95,7 +95,7 @@ class OpenAICaptioner:
                 reason = str(exc)
         raise CaptionError(f"{reason} (gave up after {self.opts.max_retries + 1} tries)")
 
-    _retry_after = 0.0
+    _server_wait = 0.0  # what the last Retry-After header asked for, seconds
 
     def _pace(self) -> None:
         if self.opts.requests_per_minute <= 0:
@@ -131,7 +131,7 @@ class OpenAICaptioner:
         if exc.code in FATAL_STATUS:
             raise ConfigError(f"{self.url}: HTTP {exc.code}, {FATAL_STATUS[exc.code]}: {detail}") from None
         if exc.code in RETRY_STATUS:
-            self._retry_after = _retry_after(exc.headers.get("Retry-After"))
+            self._server_wait = _retry_after(exc.headers.get("Retry-After"))
             raise _RetryableError(f"HTTP {exc.code} ({detail})") from None
         raise CaptionError(f"HTTP {exc.code}: {detail}") from None
 

@@ -87,10 +87,11 @@ def run_all(
     try:
         pair = _planned_pair(project, opts, caption_opts.output)
         frames, frame_rate = pair[0].validation_num_video_frames, pair[0].frame_rate
-        if split_opts.min_scene_frames is None and split_opts.min_scene_seconds * frame_rate < frames:
+        raised = split_opts.min_scene_frames is None and split_opts.min_scene_seconds * frame_rate < frames
+        if raised:  # a clip shorter than one training sample would only be skipped by the scan
             split_opts = replace(split_opts, min_scene_seconds=frames / frame_rate)
         reports.append(split_footage(raw, project / CLIPS_DIR, split_opts, stages.new_bar()))
-        if split_opts.min_scene_seconds == frames / frame_rate:
+        if raised:
             reports[-1].notes.append(
                 f"minimum scene length {frames / frame_rate:.2f} s: the {frames} frames a sample needs at "
                 f"{frame_rate:g} fps"
@@ -102,7 +103,7 @@ def run_all(
         stages.emit(reports[-1].line())
         plan = resolve(load_project(project))
         reports.append(_check_stage(plan, check, stages))
-        reports.append(_cache_stage(plan, stages, after_plan))
+        reports.append(_cache_stage(plan, stages))
         if opts.train:
             reports.append(_train_stage(plan, stages, after_plan))
     finally:
@@ -164,7 +165,7 @@ def _check_stage(plan: RunPlan, check: CheckReport, stages: Stages) -> StageRepo
     return report
 
 
-def _cache_stage(plan: RunPlan, stages: Stages, after_plan: Callable[[RunPlan], None] | None) -> StageReport:
+def _cache_stage(plan: RunPlan, stages: Stages) -> StageReport:
     from cinetune.training.trainer import Trainer
 
     report = StageReport("cache", unit="entry")

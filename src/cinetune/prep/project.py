@@ -87,7 +87,7 @@ def check_frames(frames: int, rule: FrameRule, recipe: Recipe) -> int:
     if not rule.is_valid_frames(frames):
         lower = rule.frames_down(frames)
         raise ConfigError(
-            f"--frames {frames}: this model takes {rule.temporal_multiple}k+1 frames ({lower} or "
+            f"--num_frames {frames}: this model takes {rule.temporal_multiple}k+1 frames ({lower} or "
             f"{lower + rule.temporal_multiple}); choices: {', '.join(map(str, recipe.frames))}"
         )
     return frames
@@ -113,7 +113,7 @@ def build_pair(
     overrides: dict[str, Any],
 ) -> tuple[TrainConfig, DataBackendConfig]:
     """The config pair of a project, paths relative to the project folder."""
-    recipe = RECIPES.get(family) or RECIPES["kandinsky5-video" if family.startswith("kandinsky") else family]
+    recipe = RECIPES[family]  # the registry's name of the family (aliases resolved by the caller)
     width, height = size
     values: dict[str, Any] = {
         "model_type": "lora",

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from cinetune.errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
 DETECTORS = ("content", "adaptive")
@@ -41,8 +43,6 @@ class SplitOptions:
     crf: int = 18
 
     def __post_init__(self) -> None:
-        from cinetune.errors import ConfigError
-
         if self.detector not in DETECTORS:
             raise ConfigError(f"--detector '{self.detector}': one of {', '.join(DETECTORS)}")
         if self.min_scene_seconds < 0 or self.max_scene_seconds < 0 or self.trim_frames < 0:

@@ -24,7 +24,7 @@ class Scene:
 
 def scene_frames(scene: Scene, seed: int, width: int, height: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    block = max(4, width // 20)
+    block = max(8, width // 16)
     texture = rng.integers(0, 256, (-(-height // block), -(-width // block), 3), dtype=np.uint8)
     texture = texture.repeat(block, axis=0).repeat(block, axis=1)[:height, :width]
     out = np.empty((scene.frames, height, width, 3), dtype=np.uint8)

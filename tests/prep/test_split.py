@@ -140,3 +140,14 @@ def test_cuts_on_keyframes_are_stream_copies_bit_for_bit(tmp_path: Path) -> None
         json.loads(line)["method"] for line in (tmp_path / "forced" / MANIFEST).read_text().splitlines()
     }
     assert methods == {"re-encode"} and len(forced.done) == 3
+
+
+@pytest.mark.parametrize("reencode", [False, True])
+def test_a_phones_rotation_survives_copy_and_re_encode(tmp_path: Path, reencode: bool) -> None:
+    from tests.data.clips import encode, index_frame
+
+    frames = np.stack([index_frame(i) for i in range(30)])  # 64x48, shown rotated 90 degrees: 48x64
+    source = encode(tmp_path / "phone.mp4", frames, 25, gop=30, rotation=90)
+    report = split_footage(source, tmp_path / "clips", SplitOptions(min_scene_frames=5, reencode=reencode))
+    info = probe(tmp_path / "clips" / report.done[0])
+    assert (info.width, info.height, info.num_frames) == (48, 64, 30)

@@ -171,6 +171,8 @@ def _reencode_video(container, out_stream, output, index: SourceIndex, start: in
                 break
             if number >= end:
                 break
+            if written < 0 and frame.rotation:  # a phone's portrait clip: keep its display rotation
+                out_stream.set_display_rotation(frame.rotation)
             picture = frame.reformat(format="yuv420p", width=out_stream.width, height=out_stream.height)
             picture.pts, picture.time_base = number - start, Fraction(1) / index.fps
             output.mux(out_stream.encode(picture))

@@ -54,7 +54,8 @@ def score(found: list[int], truth: list[int]) -> dict[str, object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    raw_text = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=raw_text)
     parser.add_argument("--size", default="640x360")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json")

@@ -185,6 +185,11 @@ def _cache_stage(plan: RunPlan, stages: Stages) -> StageReport:
 def _train_stage(plan: RunPlan, stages: Stages, after_plan: Callable[[RunPlan], None] | None) -> StageReport:
     from cinetune.training.trainer import Trainer
 
+    if plan.train.num_processes > 1:
+        raise ConfigError(
+            f"num_processes={plan.train.num_processes}: prep all trains in one process; the project is "
+            "cached and ready, so run `cinetune train` inside it for a multi-process run"
+        )
     report = StageReport("train", unit="LoRA")
     bar = stages.new_bar()
     bar.start(1, "train")

@@ -101,6 +101,7 @@ def detect_cuts(
                 on_frames(1)
             return frame
 
+    logging.getLogger("pyscenedetect").setLevel(logging.WARNING)  # its per-file INFO lines: our bar says it
     threshold = opts.threshold if opts.threshold is not None else DEFAULT_THRESHOLDS[opts.detector]
     manager = SceneManager()
     if opts.detector == "content":

@@ -61,7 +61,7 @@ TINY = [
 
 
 def test_raw_footage_to_a_trained_tiny_lora_then_nothing_to_redo(
-    raw: Path, tmp_path: Path, monkeypatch
+    raw: Path, tmp_path: Path, monkeypatch, capsys
 ) -> None:
     project = tmp_path / "my-lora"
     with FakeChatServer(lambda n, body: Reply(caption="A sunny beach, the camera still.")) as server:
@@ -89,6 +89,9 @@ def test_raw_footage_to_a_trained_tiny_lora_then_nothing_to_redo(
 
         assert main(_args(raw, project, server.url)) == 0  # no shaping options: the config is kept
         assert len(server.requests) == 2  # every clip already has its caption
+        assert main(_args(raw, project, server.url, "--family", "kandinsky5-video")) == 2  # no other config
+        assert len(server.requests) == 2
+    assert "already holds another config" in capsys.readouterr().err
     again = (project / "prep_report.txt").read_text()
     assert "split: 0 clip(s) written, 2 already there" in again
     assert "caption: 0 clip(s) captioned, 2 already there" in again

@@ -86,7 +86,8 @@ def run_all(
     reports: list[StageReport] = []
     try:
         pair = _planned_pair(project, opts, caption_opts.output)
-        frames, frame_rate = pair[0].validation_num_video_frames, pair[0].frame_rate
+        video = pair[1].media[0].video
+        frames, frame_rate = video.num_frames, video.frame_rate or pair[0].frame_rate
         raised = split_opts.min_scene_frames is None and split_opts.min_scene_seconds * frame_rate < frames
         if raised:  # a clip shorter than one training sample would only be skipped by the scan
             split_opts = replace(split_opts, min_scene_seconds=frames / frame_rate)
@@ -123,18 +124,21 @@ def _planned_pair(project: Path, opts: AllOptions, caption_output: str):
     rule = family.frame_rule
     size = parse_resolution(opts.resolution or resolution_choices(rule)[0], rule)
     frames = check_frames(opts.frames or recipe.default_frames, rule, recipe)
-    return build_pair(project, family_name, opts.flavour, rule, size, frames, caption_output, opts.overrides)
+    train, data = build_pair(
+        project, family_name, opts.flavour, rule, size, frames, caption_output, opts.overrides
+    )
+    if existing.exists() and not _same_pair(project, train, data):
+        raise ConfigError(
+            f"{existing} already holds another config than these options give: edit it, or remove "
+            f"{project / 'config'} to write a new one"
+        )
+    return train, data
 
 
 def _config_stage(project: Path, opts: AllOptions, pair: tuple[Any, Any]) -> StageReport:
     report = StageReport("config", unit="file")
     train, data = pair
-    if (project / CONFIG).exists():
-        if opts.shapes_config and not _same_pair(project, train, data):
-            raise ConfigError(
-                f"{project / CONFIG} already holds another config than these options give: edit it, or "
-                f"remove {project / 'config'} to write a new one"
-            )
+    if (project / CONFIG).exists():  # the same pair these options give, or the user's own (no options)
         report.kept += [str(CONFIG), str(BACKEND)]
         return report
     write_pair(project, train, data)

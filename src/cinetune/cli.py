@@ -1,4 +1,5 @@
-"""`cinetune` command line: train, cache, check, export, demo. Errors a user can fix exit with code 2."""
+"""`cinetune` command line: train, cache, check, export, demo, bench, prep. Errors a user can fix exit with
+code 2."""
 
 from __future__ import annotations
 
@@ -231,6 +232,16 @@ def cmd_keys(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def cmd_prep(args: argparse.Namespace, extra: list[str]) -> int:
+    from cinetune.check import check_report
+    from cinetune.prep.command import run_prep
+
+    def snapshot(plan: Any) -> None:
+        _snapshot_config(plan, True)
+
+    return run_prep(args, extra, console, check=check_report, after_plan=snapshot)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cinetune", description="Fine-tune video diffusion models on your clips."
@@ -271,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the figures to this file")
     p = sub.add_parser("demo", help="train a tiny model on built-in synthetic clips")
     p.add_argument("--output_dir", default="demo_output")
+    from cinetune.prep.command import add_prep_parser  # argparse only: no heavy import
+
+    add_prep_parser(sub)
     return parser
 
 
@@ -282,6 +296,7 @@ COMMANDS = {
     "demo": cmd_demo,
     "keys": cmd_keys,
     "bench": cmd_bench,
+    "prep": cmd_prep,
 }
 
 

@@ -1303,6 +1303,11 @@ def probe_compile_transformer_blocks(w: World) -> None:
 
     assert compiled(w.trainer()) == [False, False]
     assert compiled(w.trainer(compile_transformer_blocks=True)) == [True, True]
+    _rejected(
+        lambda: w.plan(compile_transformer_blocks=True, tread_config=_tread()),
+        "not supported yet",
+        error=NotSupportedYet,
+    )
 
 
 def probe_num_processes(w: World) -> None:

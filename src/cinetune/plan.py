@@ -284,6 +284,12 @@ def _check_video_blocks(train: TrainConfig, family: ModelFamily) -> None:
     architecture is known (the loaded model's own count is checked again when training starts)."""
     if train.tread_config is None and not train.crepa_enabled:
         return
+    if train.compile_transformer_blocks:
+        # torch.compile of a block compiles its hooks too, and these keep Python state across blocks
+        raise NotSupportedYet(
+            "compile_transformer_blocks with tread_config or crepa_enabled is not supported yet: their hooks "
+            "on the video blocks would be compiled with them; train one of them without it"
+        )
     try:
         count = int(family.architecture_config().get(family.video_blocks_config_key) or 0)
     except NotSupportedYet:

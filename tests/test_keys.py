@@ -988,12 +988,21 @@ def probe_compile_transformer_blocks(w: World) -> None:
 def probe_num_processes(w: World) -> None:
     assert "2 step(s) per epoch" in _schedule(w.check())
     assert "1 step(s) per epoch" in _schedule(w.check(num_processes=2))  # batches are dealt to 2 ranks
-    launched: list[list[str]] = []
+    launched: list[tuple[list[str], dict[str, str]]] = []
+
+    class Launched:  # what `cinetune train` would run, not run
+        def __init__(self, cmd: list[str], env: dict[str, str]) -> None:
+            launched.append((cmd, env))
+
+        def wait(self) -> int:
+            return 0
+
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(cli.subprocess, "call", lambda cmd: launched.append(cmd) or 0)
+        patch.setattr(cli.subprocess, "Popen", Launched)
         assert cli.main(["train", "--config", str(w.write(num_processes=2))]) == 0
-    (cmd,) = launched  # what `cinetune train` would run, not run
+    ((cmd, env),) = launched
     assert cmd[1:4] == ["-m", "torch.distributed.run", "--standalone"] and "--nproc_per_node=2" in cmd
+    assert "CINETUNE_RUN_LOCK" in env  # the ranks share the launcher's lock of the output folder
 
 
 def probe_cpu(w: World) -> None:

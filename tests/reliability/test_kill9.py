@@ -67,18 +67,15 @@ def _outcome(output: Path, caches: Path) -> str:
     )
 
 
-def test_kill9_chain_resumes_to_the_uninterrupted_lora(
-    tmp_path: Path, clips_dir: Path, reference: Path
-) -> None:
+def test_kill9_chain_ends_on_the_uninterrupted_lora(tmp_path: Path, clips_dir: Path, reference: Path) -> None:
     seed = int(os.environ.get("CINETUNE_FAULT_SEED", "11"))
     config = write_run(tmp_path / "run", clips_dir)
     output, caches = tmp_path / "run" / "output", tmp_path / "run" / "cache"
     log = []
     for spec in _draw(seed):
         proc = train_subprocess(config, fault=spec)
-        assert proc.returncode == -9, (
-            f"{spec}: the run was not killed there (exit {proc.returncode})\n" + (proc.stderr[-3000:])
-        )
+        killed = proc.returncode in (-9, 137)  # SIGKILL; on Windows the hook ends the process with 137
+        assert killed, f"{spec}: the run was not killed there (exit {proc.returncode})\n{proc.stderr[-3000:]}"
         log.append(f"kill -9 at {spec}: {_outcome(output, caches)}")
     final = train_subprocess(config)
     assert final.returncode == 0, final.stderr[-3000:]

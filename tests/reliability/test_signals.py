@@ -9,7 +9,10 @@ same place every time) and reach the handlers `cinetune train` installs.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
+
+import pytest
 
 from cinetune.cache.store import TensorCache
 from cinetune.export.lora import DIFFUSERS_FILE
@@ -17,6 +20,9 @@ from cinetune.export.manifest import verify_manifest
 from cinetune.plan import list_checkpoints
 
 from .runs import lora, same_lora, train_here, write_run
+
+# Windows has no SIGTERM to catch, and os.kill(pid, SIGINT) there terminates the process outright.
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
 
 def _steps(out: Path) -> list[int]:

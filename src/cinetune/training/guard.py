@@ -138,6 +138,14 @@ class NonFiniteGuard:
             f"{self.advice}"
         )
 
+    def require_finite_lora(self, model: torch.nn.Module, step: int, what: str) -> None:
+        """Nothing non-finite leaves the run: TrainingDiverged before `what` would be written."""
+        if not lora_is_finite({n: p.detach() for n, p in model.named_parameters() if "lora_" in n}):
+            raise TrainingDiverged(
+                f"step {step}: the LoRA weights hold non-finite values; {what} not written "
+                f"(the last good checkpoint: {self.last_checkpoint() or 'none'})"
+            )
+
 
 def advice_for(cfg: Any) -> str:
     """What usually cures a diverging run, with this run's values."""

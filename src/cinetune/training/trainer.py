@@ -21,13 +21,13 @@ from safetensors.torch import load_file
 
 from cinetune.cache.builder import CacheBuilder, CacheIndex
 from cinetune.data import SkipReport, scan_datasets
-from cinetune.errors import CacheEntryDamaged, ConfigError, RunStopped, TrainingDiverged, disk_errors
+from cinetune.errors import CacheEntryDamaged, ConfigError, RunStopped, disk_errors
 from cinetune.export.lora import COMFYUI_FILE, DIFFUSERS_FILE, save_diffusers_lora, staged_files
 from cinetune.faults import fault_point
 from cinetune.plan import RunPlan, resolve_checkpoint
 from cinetune.training.batches import Batch, load_batch
 from cinetune.training.checkpoint import Checkpointer, last_verified
-from cinetune.training.guard import NonFiniteGuard, advice_for, lora_is_finite, measure_step
+from cinetune.training.guard import NonFiniteGuard, advice_for, measure_step
 from cinetune.training.metrics import MetricsLog, make_progress
 from cinetune.training.optim import build_optimizer, build_scheduler
 from cinetune.training.sampler import epoch_batches, plan_epoch
@@ -414,20 +414,10 @@ class Trainer:
             signum,
         )
 
-    def require_finite_lora(self, what: str) -> None:
-        tensors = {
-            n: p.detach() for n, p in self.acc.unwrap_model(self.model).named_parameters() if "lora_" in n
-        }
-        if not lora_is_finite(tensors):
-            raise TrainingDiverged(
-                f"step {self.state.step}: the LoRA weights hold non-finite values; {what} not written "
-                f"(the last good checkpoint: {last_verified(self.output_dir) or 'none'})"
-            )
-
     def validate(self, step: int) -> list[Path]:
         written = []
         if self.validator is not None:
-            self.require_finite_lora("validation videos")
+            self.guard.require_finite_lora(self.acc.unwrap_model(self.model), step, "validation videos")
             written = self.validator.run(
                 step,
                 self.acc.unwrap_model(self.model),
@@ -462,10 +452,10 @@ class Trainer:
         result: dict[str, Any] = {"steps": step, "losses": self.losses, "videos": [str(v) for v in videos]}
         self.stop_if_requested()
         if self.acc.is_main_process:
-            self.require_finite_lora("the LoRA files are")
+            model = self.acc.unwrap_model(self.model)
+            self.guard.require_finite_lora(model, step, "the LoRA files are")
             config = self.lora_config.to_dict()
             config["target_modules"] = sorted(config["target_modules"])
-            model = self.acc.unwrap_model(self.model)
             with staged_files(self.output_dir, (DIFFUSERS_FILE, COMFYUI_FILE)) as staging:
                 save_diffusers_lora(staging, self.family.pipeline_class, model, config)
                 self.family.export_comfyui(staging)

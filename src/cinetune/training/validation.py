@@ -136,7 +136,8 @@ class Validator:
             for module in (self.vae, *self.family.validation_modules()):
                 module.to("cpu")
         model.train(was_training)
-        logger.info("validation videos for step %d in %s", step, folder)
+        if written:
+            logger.info("validation videos for step %d in %s", step, folder)
         return written
 
 

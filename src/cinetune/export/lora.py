@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from cinetune.errors import ConfigError
+from cinetune.faults import fault_point
 
 logger = logging.getLogger(__name__)
 DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
@@ -134,3 +138,20 @@ def export_comfyui(output_dir: Path, renames: dict[str, str]) -> Path:
         metadata={"format": "comfyui", "rank": str(rank), "alpha": str(alpha)},
     )
     return target
+
+
+@contextmanager
+def staged_files(output_dir: Path, names: tuple[str, ...] | None = None) -> Iterator[Path]:
+    """A staging folder for files that replace `names` (default: every file written there) in `output_dir`
+    only once all are written: a run that dies while exporting leaves the previous files (or none), never a
+    truncated one."""
+    staging = Path(output_dir) / ".tmp-export"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+        for name in names if names is not None else sorted(p.name for p in staging.iterdir() if p.is_file()):
+            (staging / name).replace(Path(output_dir) / name)
+            fault_point("export.file")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -69,8 +69,8 @@ def test_unknown_dataset_key_names_closest(tmp_path: Path, clips_dir: Path, make
     [
         ("enable_group_offload", True),
         ("musubi_blocks_to_swap", 10),
-        ("tread_config", {}),
-        ("crepa_enabled", True),
+        ("fsdp_enable", True),
+        ("deepspeed_config", "ds.json"),
     ],
 )
 def test_unbuilt_features_are_rejected_not_ignored(

@@ -98,7 +98,7 @@ BAD_CONFIGS: list[tuple[str, dict[str, Any], dict[str, Any], str]] = [
         {"video": {"num_frames": 9, "max_frames": 5}},
         "video.max_frames (5) is below",
     ),
-    ("lycoris", {"lora_type": "lycoris"}, {}, "LyCORIS adapters (LoKr / LoHa)) is not supported yet"),
+    ("lycoris without its file", {"lora_type": "lycoris"}, {}, "lora_type lycoris needs lycoris_config"),
     ("alias conflict", {"validation_steps": 2, "validation_step_interval": 3}, {}, "are the same setting"),
 ]
 

@@ -103,7 +103,8 @@ class OpenAICaptioner:
         now = time.monotonic()
         if now < self._next_start:
             time.sleep(self._next_start - now)
-        self._next_start = max(now, self._next_start) + 60.0 / self.opts.requests_per_minute
+        # from when this request really starts (a sleep can overrun): no two starts closer than the limit
+        self._next_start = time.monotonic() + 60.0 / self.opts.requests_per_minute
 
     def _request(self, data: bytes) -> dict[str, Any]:
         headers = {"Content-Type": "application/json"}

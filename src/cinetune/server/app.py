@@ -65,14 +65,15 @@ def _existing(root: Path, name: str) -> Path:
 
 
 def _project_routes(app: FastAPI, root: Path) -> None:
+    static_meta = {  # built once: the schema and the families' choices do not change while serving
+        "families": projects.families(),
+        "schema": projects.schemas(),
+        "memory_planner": None,  # the planner lands with its own branch; the page says so
+    }
+
     @app.get("/api/meta")
     def meta() -> dict[str, Any]:
-        return {
-            "families": projects.families(),
-            "templates": projects.list_templates(),
-            "schema": projects.schemas(),
-            "memory_planner": None,  # the planner lands with its own branch; the page says so
-        }
+        return {**static_meta, "templates": projects.list_templates()}
 
     @app.get("/api/projects")
     def list_projects() -> list[dict[str, Any]]:

@@ -200,6 +200,7 @@ $("#create").addEventListener("click", async () => {
 async function loadClips() {
   const data = await pApi("/clips");
   $("#clip-count").textContent = `(${data.clips.length})`;
+  performance.mark("clips-fetched");
   const base = `/api/projects/${encodeURIComponent(state.project)}`;
   $("#clips").replaceChildren(...data.clips.map((c) => {
     const poster = h("img", { loading: "lazy", alt: c.path, src: `${base}/poster?path=${encodeURIComponent(c.path)}` });
@@ -220,6 +221,7 @@ async function loadClips() {
     return h("div", { class: "clip" }, box, h("div", { class: "name" }, c.path), h("div", { class: "facts" }, facts),
       caption, save, status);
   }));
+  performance.mark("clips-rendered");
   const report = data.report;
   if (report) {
     $("#report").replaceChildren(h("div", {}, `kept: ${JSON.stringify(report.kept)}`),
@@ -328,10 +330,14 @@ $("#export-comfyui").addEventListener("click", () => exportAs("comfyui"));
 
 // ---------- start ----------
 (async () => {
+  const params = new URLSearchParams(location.search);
+  if (params.get("project")) {  // a linked page: its data loads while the rest of the UI is set up
+    state.project = params.get("project");
+    if (params.get("page")) show(params.get("page"));
+  }
   state.meta = await api("/api/meta");
   $("#template").replaceChildren(...state.meta.templates.map((t) =>
     h("option", { value: t.name }, `${t.name} (${t.family}, ${t.flavour})`)));
   await loadProjects();
-  const wanted = new URLSearchParams(location.search).get("project");
-  if (wanted) await openProject(wanted);
+  if (params.get("project")) await openProject(params.get("project"));
 })();

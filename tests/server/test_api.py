@@ -198,3 +198,18 @@ def test_non_loopback_host_gets_a_generated_token_printed_once(tmp_path) -> None
             assert c.get("/api/projects", headers={"Authorization": f"Bearer {token}"}).status_code == 200
     finally:
         stop_server(srv)
+
+
+def test_shipped_templates_are_the_tested_quickstart_pairs() -> None:
+    """The server's templates are tests/quickstarts/ (which test_quickstarts.py runs through check and train),
+    byte for byte, so a template never drifts from what is tested."""
+    from pathlib import Path
+
+    from cinetune.server.projects import templates_dir
+
+    quickstarts = Path(__file__).resolve().parents[1] / "quickstarts"
+    for family in ("ltxvideo", "ltxvideo2", "kandinsky5-video"):
+        for name in ("config.json", "multidatabackend.json"):
+            assert (templates_dir() / family / name).read_bytes() == (
+                quickstarts / family / name
+            ).read_bytes()

@@ -1,8 +1,9 @@
 """The package's layers import downwards only (docs/ARCHITECTURE.md), so no import cycle joins them.
 
 Low to high: faults < errors < config < objectives < data < export < models < memory < cache < plan <
-training < benchmark < prep < check < demo < cli < server. A module may import its own layer and the layers
-below it; the CLI and the web server are leaves nothing imports.
+training < benchmark < prep < check < demo < configure < server < cli. A module may import its own layer and
+the layers below it; the CLI, which dispatches to every command (the web server and the configure wizard
+too), is the leaf nothing imports.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ LAYERS = (
     "prep",
     "check",
     "demo",
-    "cli",
+    "configure",
     "server",
+    "cli",
 )
 RANK = {name: rank for rank, name in enumerate(LAYERS)}
 

@@ -1,4 +1,4 @@
-"""`cinetune` command line: train, cache, check, export, demo, bench, prep.
+"""`cinetune` command line: train, cache, check, export, demo, bench, prep, server, configure.
 
 Exit codes: 0 done; 2 an error the user can fix (config, data, a locked or full output folder, a damaged
 checkpoint); 3 training diverged (non-finite steps); 130 / 143 stopped by SIGINT / SIGTERM, resumable.
@@ -264,6 +264,24 @@ def cmd_prep(args: argparse.Namespace, extra: list[str]) -> int:
     return run_prep(args, extra, console, check=check_report, after_plan=snapshot)
 
 
+def cmd_server(args: argparse.Namespace, extra: list[str]) -> int:
+    from cinetune.server.serve import serve
+
+    if extra:
+        raise ConfigError(f"server: unexpected arguments {' '.join(extra)}")
+    serve(args.host, args.port, Path(args.root), args.token, console.print)
+    return 0
+
+
+def cmd_configure(args: argparse.Namespace, extra: list[str]) -> int:
+    from cinetune.configure import run_wizard
+
+    if extra:
+        raise ConfigError(f"configure: unexpected arguments {' '.join(extra)}")
+    run_wizard(Path(args.project), console)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cinetune", description="Fine-tune video diffusion models on your clips."
@@ -302,6 +320,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="train audio too, as with a dataset `audio` block (LTX-2; default: as the config's datasets)",
     )
     p.add_argument("--json", help="write the figures to this file")
+    p = sub.add_parser("server", help="the web UI (http://127.0.0.1:8001 by default)")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default loopback; others need a token)"
+    )
+    p.add_argument("--port", type=int, default=8001)
+    p.add_argument("--root", default=".", help="folder holding the projects (default: the current folder)")
+    p.add_argument("--token", help="access token (default CINETUNE_TOKEN; generated off loopback)")
+    p = sub.add_parser("configure", help="write config/config.json + multidatabackend.json step by step")
+    p.add_argument("--project", default=".", help="project folder (default: the current folder)")
     p = sub.add_parser("demo", help="train a tiny model on built-in synthetic clips")
     p.add_argument("--output_dir", default="demo_output")
     from cinetune.prep.command import add_prep_parser  # argparse only: no heavy import
@@ -319,6 +346,8 @@ COMMANDS = {
     "keys": cmd_keys,
     "bench": cmd_bench,
     "prep": cmd_prep,
+    "server": cmd_server,
+    "configure": cmd_configure,
 }
 
 

@@ -431,9 +431,7 @@ class Trainer:
     def check_ranks_in_sync(self) -> list[list[float]]:
         """Every rank must hold the same LoRA; a divergence means broken DDP, so fail loudly."""
         model = self.acc.unwrap_model(self.model)
-        flat = torch.cat([p.detach().float().flatten() for p in model.parameters() if p.requires_grad])
-        weights = torch.arange(1, flat.numel() + 1, dtype=torch.float64) / flat.numel()
-        summary = torch.stack([flat.double().sum(), (flat.double() * weights).sum()]).to(self.device)
+        summary = rank_checksum([p for p in model.parameters() if p.requires_grad]).to(self.device)
         gathered = self.acc.gather(summary.unsqueeze(0)).cpu().tolist()
         if self.acc.is_main_process:
             (self.output_dir / "ddp_sync.json").write_text(json.dumps({"ranks": gathered}))
@@ -465,6 +463,15 @@ class Trainer:
         self.acc.wait_for_everyone()
         self.acc.end_training()
         return result
+
+
+def rank_checksum(params: list[torch.Tensor]) -> torch.Tensor:
+    """(2,) float64 on the parameters' device: the sum and a position-weighted sum of every value, so two ranks
+    whose LoRAs differ (also by a permutation) disagree. Built where the parameters live: a CPU `arange`
+    times GPU weights would fail on every multi-GPU run."""
+    flat = torch.cat([p.detach().double().flatten() for p in params])
+    weights = torch.arange(1, flat.numel() + 1, dtype=torch.float64, device=flat.device) / flat.numel()
+    return torch.stack([flat.sum(), (flat * weights).sum()])
 
 
 def _peft_init(kind: str) -> Any:

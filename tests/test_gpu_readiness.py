@@ -18,3 +18,23 @@ def test_rank_checksum_is_built_on_the_parameters_device() -> None:
     a, b = torch.arange(6.0), torch.arange(6.0).flip(0)
     assert rank_checksum([a])[0] == rank_checksum([b])[0]  # same sum ...
     assert rank_checksum([a])[1] != rank_checksum([b])[1]  # ... a permutation still differs
+
+
+def test_every_torch_load_names_its_map_location() -> None:
+    """A resume on several GPUs: `torch.load` without map_location puts every rank's copy on cuda:0."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    missing = []
+    for path in [*(root / "src").rglob("*.py"), *(root / "bench").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            func = getattr(node, "func", None)
+            if (
+                isinstance(func, ast.Attribute)
+                and func.attr == "load"
+                and getattr(func.value, "id", "") == "torch"
+            ):
+                if not any(k.arg == "map_location" for k in node.keywords):
+                    missing.append(f"{path.name}:{node.lineno}")
+    assert not missing, f"torch.load without map_location: {missing}"

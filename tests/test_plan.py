@@ -95,6 +95,9 @@ BAD_CONFIGS: list[tuple[str, dict[str, Any], dict[str, Any], str]] = [
     ),
     ("lycoris", {"lora_type": "lycoris"}, {}, "LyCORIS adapters (LoKr / LoHa)) is not supported yet"),
     ("alias conflict", {"validation_steps": 2, "validation_step_interval": 3}, {}, "are the same setting"),
+    ("flash on LTX-Video", {"attention_backend": "flash"}, {}, "'flash' cannot run ltxvideo: it rejects"),
+    ("sage on LTX-2", {**_LTX2, "attention_backend": "sage"}, {}, "'sage' cannot run ltxvideo2: it rejects"),
+    ("native flash on LTX", {"attention_backend": "_native_flash"}, {}, "attention masks"),
 ]
 
 
@@ -121,6 +124,14 @@ def test_check_and_train_reject_a_bad_config_alike(
 
 def test_table_covers_at_least_25_configs() -> None:
     assert len(BAD_CONFIGS) >= 25
+
+
+def test_mask_free_backends_are_read_from_diffusers() -> None:
+    from cinetune.plan import mask_free_backends
+
+    free = mask_free_backends()
+    assert {"flash", "_flash_3", "_native_flash", "sage"} <= free
+    assert not free & {"native", "_native_efficient", "_native_cudnn", "_native_math", "flex"}
 
 
 def test_resolved_config_carries_the_family_defaults(tmp_path: Path, clips_dir: Path, make_config) -> None:

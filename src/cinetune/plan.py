@@ -68,6 +68,7 @@ def resolve(loaded: LoadedConfig) -> RunPlan:
         train, data = loaded.train, loaded.data
         _check_attention_backend(train.attention_backend)
         family = build_family(train.model_family, train.model_flavour, train.pretrained_model_name_or_path)
+        _check_backend_takes_masks(train.attention_backend, family)
         flavour = family.flavours[family.loader.flavour]
         resolved: dict[str, Any] = dict(family.configure(train))
         if data is not None:
@@ -117,6 +118,30 @@ def _check_attention_backend(name: str) -> None:
     names = [b.value for b in AttentionBackendName]
     if name not in names:
         raise ConfigError(f"attention_backend '{name}' is not a diffusers backend; one of {', '.join(names)}")
+
+
+def mask_free_backends() -> frozenset[str]:
+    """diffusers attention backends that raise on an attention mask (flash, _flash_3, _native_flash, sage...):
+    read from each registered backend, so a diffusers release that adds or fixes one is followed."""
+    import inspect
+
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    return frozenset(
+        name.value
+        for name, func in _AttentionBackendRegistry._backends.items()
+        if "`attn_mask` is not supported" in inspect.getsource(func)
+    )
+
+
+def _check_backend_takes_masks(name: str, family: ModelFamily) -> None:
+    if name == "native" or not family.passes_attention_mask or name not in mask_free_backends():
+        return
+    raise ConfigError(
+        f"attention_backend '{name}' cannot run {family.name}: it rejects attention masks, and this model "
+        "passes one (its text mask) at every step. Use native (PyTorch SDPA), _native_efficient or "
+        "_native_cudnn"
+    )
 
 
 def _check_datasets(train: TrainConfig, data: DataBackendConfig, family: ModelFamily) -> None:

@@ -125,6 +125,9 @@ class ModelFamily(ABC):
     conditions_on_image: bool = False
     # Dataset `audio` blocks (audio extraction, audio latents, joint loss) are built for this family.
     supports_audio: ClassVar[bool] = False
+    # The transformer passes an attention mask (LTX: the text mask): attention backends that reject masks
+    # (flash, _native_flash, sage...) cannot run it, and the run plan says so before anything loads.
+    passes_attention_mask: ClassVar[bool] = True
     # vae_latent_sampling when the config leaves it unset: "sample" (x0 from the posterior) or "mean".
     default_vae_latent_sampling: ClassVar[str] = "sample"
 

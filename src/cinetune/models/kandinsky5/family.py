@@ -164,6 +164,8 @@ class TextEncoders(torch.nn.Module):
 
 
 class Kandinsky5VideoFamily(ModelFamily):
+    # regular attention runs unmasked (diffusers passes attn_mask=None); NABLA needs flex (`configure`)
+    passes_attention_mask: ClassVar[bool] = False
     name: ClassVar[str] = "kandinsky5-video"
     flavours: ClassVar[dict[str, Flavour]] = {f.name: f for f in _FLAVOURS}
     default_flavour: ClassVar[str] = "t2v-lite-sft-5s"

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from cinetune.check import check_report
 from cinetune.cli import main
 from cinetune.config import load_config
 from cinetune.plan import resolve
@@ -156,7 +157,12 @@ def test_resolved_config_carries_the_family_defaults(tmp_path: Path, clips_dir: 
             )
         )
     )
-    assert nabla.train.attention_backend == "flex"  # the NABLA flavours run on flex attention
+    assert nabla.train.attention_backend == "flex"  # the NABLA flavours run on flex attention ...
+    assert nabla.train.compile_transformer_blocks is True  # ... compiled, and say so
+    lines: list[str] = []
+    check_report(nabla, lines.append)
+    assert "attention: flex backend, transformer blocks compiled" in lines
+    assert plan.train.compile_transformer_blocks is False  # other models: off unless asked
 
 
 def test_train_snapshots_the_resolved_config(tmp_path: Path, clips_dir: Path, make_config) -> None:

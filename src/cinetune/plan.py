@@ -107,6 +107,9 @@ def _defaults(train: TrainConfig, family: ModelFamily, resolved: dict[str, Any])
         "lora_target_modules": train.lora_target_modules or family.lora_targets(),
         "validation_seed": train.seed if train.validation_seed is None else train.validation_seed,
         "attention_backend": resolved.get("attention_backend", train.attention_backend),
+        "compile_transformer_blocks": resolved.get(
+            "compile_transformer_blocks", bool(train.compile_transformer_blocks)
+        ),
     }
 
 

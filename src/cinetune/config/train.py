@@ -220,8 +220,11 @@ class TrainConfig(BaseModel):
         description="diffusers attention backend: native (torch SDPA), _native_cudnn, _native_flash, flash, "
         "_flash_3, sage, xformers... (the backend's package must be installed).",
     )
-    compile_transformer_blocks: bool = Field(
-        False, description="torch.compile the repeated transformer blocks (regional compilation)."
+    compile_transformer_blocks: bool | None = Field(
+        None,
+        description="torch.compile the repeated transformer blocks (regional compilation). Default: on for "
+        "the Kandinsky 5 NABLA flavours (uncompiled flex attention materialises the full score matrix and "
+        "runs out of memory), off otherwise; false turns it off.",
     )
     num_processes: int = Field(1, ge=1, description="Processes to launch (DDP through accelerate).")
     cpu: bool = Field(False, description="Train on CPU even when a GPU is present (tests, demos).")

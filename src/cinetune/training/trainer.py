@@ -466,8 +466,8 @@ class Trainer:
 
 
 def rank_checksum(params: list[torch.Tensor]) -> torch.Tensor:
-    """(2,) float64 on the parameters' device: the sum and a position-weighted sum of every value, so two ranks
-    whose LoRAs differ (also by a permutation) disagree. Built where the parameters live: a CPU `arange`
+    """(2,) float64 on the parameters' device: the sum and a position-weighted sum of every value, so two
+    ranks whose LoRAs differ (also by a permutation) disagree. Built where the parameters live: a CPU `arange`
     times GPU weights would fail on every multi-GPU run."""
     flat = torch.cat([p.detach().double().flatten() for p in params])
     weights = torch.arange(1, flat.numel() + 1, dtype=torch.float64, device=flat.device) / flat.numel()

@@ -230,6 +230,7 @@ class Kandinsky5VideoFamily(ModelFamily):
             if cfg.attention_backend == "native":
                 logger.info("NABLA sparse attention: using diffusers' flex attention backend")
                 resolved["attention_backend"] = "flex"
+            resolved.update(_nabla_compile(cfg.compile_transformer_blocks, self.loader.flavour))
         return resolved
 
     def configure_datasets(self, data: Any) -> None:
@@ -578,3 +579,21 @@ def sparse_params(config: Any, hidden_states: torch.Tensor) -> dict | None:
         transformer=SimpleNamespace(config=config), fast_sta_nabla=pipeline.fast_sta_nabla
     )
     return pipeline.get_sparse_params(owner, hidden_states, hidden_states.device)
+
+
+def _nabla_compile(asked: bool | None, flavour: str) -> dict[str, Any]:
+    """flex attention run eagerly materialises the full score matrix (about 17 GB per head at 768x512, 10 s):
+    the NABLA flavours compile the transformer blocks unless the config says otherwise."""
+    if asked is None:
+        logger.info(
+            "NABLA sparse attention: compiling the transformer blocks (compile_transformer_blocks: true) so "
+            "flex attention runs as a fused kernel; compile_transformer_blocks: false turns it off"
+        )
+        return {"compile_transformer_blocks": True}
+    if not asked:
+        logger.warning(
+            "compile_transformer_blocks: false on the NABLA model %s: flex attention then runs eagerly and "
+            "materialises the full attention matrix; expect out-of-memory at 10 s / HD sizes",
+            flavour,
+        )
+    return {}

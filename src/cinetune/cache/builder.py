@@ -19,7 +19,7 @@ import torch
 
 from cinetune.cache.store import TensorCache, cache_key
 from cinetune.data import Sample, load_pixels
-from cinetune.errors import RunStopped, disk_error
+from cinetune.errors import DataError, RunStopped, disk_error
 from cinetune.faults import fault_point
 from cinetune.models.base import ModelFamily
 
@@ -66,16 +66,19 @@ class CacheBuilder:
         text_batch_size: int = 16,
         progress: Callable[[str, int], Iterable] | None = None,
         stop_signal: Callable[[], int | None] | None = None,
+        vae_dtype: torch.dtype | None = None,
     ) -> None:
         self.family = family
         self.index = CacheIndex(TensorCache(text_root), {k: TensorCache(v) for k, v in latent_roots.items()})
         self.device = device
-        self.dtype = dtype
+        self.dtype = dtype  # the text encoder's, and its entries'
+        self.vae_dtype = vae_dtype or dtype  # the VAEs', and their entries'
         self.max_sequence_length = max_sequence_length
         self.text_batch_size = text_batch_size
         self.progress = progress or (lambda _label, _total: None)
         self.stop_signal = stop_signal or (lambda: None)  # a signal number once Ctrl-C / SIGTERM arrived
         self._dtype_name = str(dtype).removeprefix("torch.")
+        self._vae_dtype_name = str(self.vae_dtype).removeprefix("torch.")
 
     # ---- keys ----------------------------------------------------------------------------------------------
     def text_key(self, caption: str) -> str:
@@ -104,7 +107,7 @@ class CacheBuilder:
                 "crop": "center",
                 "family": self.family.name,
                 "vae": self.family.component_identity("vae"),
-                "dtype": self._dtype_name,
+                "dtype": self._vae_dtype_name,
                 **self.family.latent_key_fields(sample),
             }
         )
@@ -162,7 +165,7 @@ class CacheBuilder:
             return
         start = time.perf_counter()
         frames = 0
-        encoders = self.family.load_latent_encoders(self.dtype)  # the VAE, and e.g. an audio VAE
+        encoders = self.family.load_latent_encoders(self.vae_dtype)  # the VAE, and e.g. an audio VAE
         for encoder in encoders.values():
             encoder.requires_grad_(False).eval().to(self.device)
         bar = self.progress("video latents", len(todo))
@@ -177,7 +180,7 @@ class CacheBuilder:
                 "start": str(sample.window_starts[window]),
                 "bucket": sample.bucket.key,
             }
-            tensors = {k: v.to(self.dtype) for k, v in tensors.items()}
+            tensors = {k: v.to(self.vae_dtype) for k, v in tensors.items()}
             self._save(self.index.latents[sample.dataset_id], key, tensors, meta, "latent", len(todo) - done)
             fault_point("cache.latent")
             if bar is not None:
@@ -211,6 +214,7 @@ class CacheBuilder:
         kind: str,
         remaining: int = 1,
     ) -> None:
+        _require_finite(tensors, kind, meta)
         try:
             cache.save(key, tensors, meta)
         except OSError as exc:
@@ -230,3 +234,14 @@ class CacheBuilder:
                 "kept and the next run encodes only what is missing",
                 signum,
             )
+
+
+def _require_finite(tensors: dict[str, torch.Tensor], kind: str, meta: dict[str, str]) -> None:
+    """A NaN / inf entry would poison every step that draws it: stop before writing it, naming its source."""
+    bad = [name for name, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        source = meta.get("path") or repr(meta.get("caption", "")[:80])
+        raise DataError(
+            f"the {kind} encoder produced non-finite values ({', '.join(bad)}) for {source}; nothing was "
+            "written. An encoder run in fp16 overflows: vae_dtype fp32 (or bf16) avoids it for the VAE"
+        )

@@ -56,6 +56,11 @@ class TrainConfig(BaseModel):
     base_model_precision: Literal["no_change", "bf16", "fp16", "fp32"] = Field(
         "no_change", description="Storage dtype of frozen weights. no_change: the mixed_precision dtype."
     )
+    vae_dtype: Literal["default", "fp32", "fp16", "bf16"] = Field(
+        "default",
+        description="Precision for VAE encoding/decoding. default: bf16 on a GPU that has it (fp32 on one "
+        "that does not) whatever mixed_precision says, as the text encoders; on the CPU the training dtype.",
+    )
     # output and data
     output_dir: Path = Field(
         Path("output"), description="Where checkpoints, LoRA files, validation videos and logs go."

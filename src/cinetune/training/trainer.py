@@ -81,12 +81,15 @@ class Trainer:
         self.family = plan.family
         self.acc = accelerator or make_accelerator(self.cfg)
         self.device = self.acc.device
+        enable_tf32(self.device)
         self.dtype = _DTYPES[self.acc.mixed_precision]
         self.weight_dtype = (
             self.dtype
             if self.cfg.base_model_precision == "no_change"
             else _DTYPES[self.cfg.base_model_precision]
         )
+        self.text_dtype = encoder_dtype("default", self.weight_dtype, self.device)
+        self.vae_dtype = encoder_dtype(self.cfg.vae_dtype, self.weight_dtype, self.device)
         self.output_dir = Path(self.cfg.output_dir)
         self.report = SkipReport()
         self.state = TrainState(
@@ -159,7 +162,8 @@ class Trainer:
             text_root=text_root,
             latent_roots=latent_roots,
             device=self.device,
-            dtype=self.weight_dtype,
+            dtype=self.text_dtype,
+            vae_dtype=self.vae_dtype,
             max_sequence_length=self.max_sequence_length,
             text_batch_size=embeds.write_batch_size if embeds else 16,
             stop_signal=lambda: self.stop.signum,
@@ -237,7 +241,7 @@ class Trainer:
                 "offload_during_startup changes nothing on this run: it trains on the CPU, where the "
                 "validation VAE lives anyway"
             )
-        vae = self.family.load_vae(self.weight_dtype).requires_grad_(False).eval()
+        vae = self.family.load_vae(self.vae_dtype).requires_grad_(False).eval()
         vae.to("cpu" if cfg.offload_during_startup else self.device)
         return Validator(
             self.family,
@@ -463,6 +467,26 @@ class Trainer:
         self.acc.wait_for_everyone()
         self.acc.end_training()
         return result
+
+
+def enable_tf32(device: torch.device) -> None:
+    """fp32 matmuls on TF32 tensor cores (about 8x on Ampere and later; the inputs keep 10 mantissa bits,
+    which training tolerates). CUDA only: the CPU keeps exact fp32 matmuls, so CPU results do not move."""
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")
+
+
+def encoder_dtype(asked: str, weight_dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """The dtype the text encoders (asked: "default") and VAEs (vae_dtype) run and cache in. On a GPU: bf16
+    whatever mixed_precision says (fp16 overflows Gemma 3 and the VAEs' activations), fp32 where the GPU has
+    no bf16. On the CPU, which only runs tiny and demo models, the training dtype (never fp16)."""
+    if asked != "default":
+        return _DTYPES[asked]
+    if device.type == "cpu":
+        return torch.float32 if weight_dtype == torch.float16 else weight_dtype
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float32
+    return torch.bfloat16
 
 
 def rank_checksum(params: list[torch.Tensor]) -> torch.Tensor:

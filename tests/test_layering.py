@@ -1,8 +1,8 @@
 """The package's layers import downwards only (docs/ARCHITECTURE.md), so no import cycle joins them.
 
 Low to high: faults < errors < config < objectives < data < export < models < memory < cache < plan <
-training < benchmark < prep < check < demo < cli < server. A module may import its own layer and the layers
-below it; the CLI and the web server are leaves nothing imports.
+training < benchmark < prep < check < doctor < demo < cli < server. A module may import its own layer and
+the layers below it; the CLI and the web server are leaves nothing imports.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ LAYERS = (
     "benchmark",
     "prep",
     "check",
+    "doctor",
     "demo",
     "cli",
     "server",

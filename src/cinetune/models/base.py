@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from cinetune.data.frames import FrameRule
-from cinetune.objectives import ModelInputs, sample_latents, sample_sigmas
+from cinetune.objectives import ModelInputs, sample_latents, sample_sigmas, to_device
 
 logger = logging.getLogger(__name__)
 
@@ -321,7 +321,12 @@ class ModelFamily(ABC):
         mu = self.shift_mu(self.num_tokens(x0.shape))
         sigmas = sample_sigmas(x0.shape[0], mu, sigma_sampler, generator)
         inputs = self.prepare_inputs(
-            x0.to(device), noise.to(device), sigmas.to(device), batch.text, batch.frame_rate, dtype
+            to_device(x0, device),
+            to_device(noise, device),
+            to_device(sigmas, device),
+            batch.text,
+            batch.frame_rate,
+            dtype,
         )
         return [inputs]
 

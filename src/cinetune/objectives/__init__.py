@@ -3,7 +3,7 @@
 Nothing here knows a model family or the training loop; everything is a function of tensors.
 """
 
-from cinetune.objectives.flow import flow_loss, sample_latents, sample_sigmas, shift_sigmas
+from cinetune.objectives.flow import flow_loss, sample_latents, sample_sigmas, shift_sigmas, to_device
 from cinetune.objectives.loss import LossOutput, LossStream, ModelInputs, compute_loss
 
 __all__ = [
@@ -15,4 +15,5 @@ __all__ = [
     "sample_latents",
     "sample_sigmas",
     "shift_sigmas",
+    "to_device",
 ]

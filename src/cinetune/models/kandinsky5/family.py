@@ -34,7 +34,14 @@ from cinetune.models.kandinsky5.inputs import (
     visual_rope_positions,
 )
 from cinetune.models.loading import ComponentLoader
-from cinetune.objectives import LossStream, ModelInputs, sample_latents, sample_sigmas, shift_sigmas
+from cinetune.objectives import (
+    LossStream,
+    ModelInputs,
+    sample_latents,
+    sample_sigmas,
+    shift_sigmas,
+    to_device,
+)
 
 logger = logging.getLogger(__name__)
 _REPO = "kandinskylab/Kandinsky-5.0-{}-Diffusers"
@@ -467,13 +474,13 @@ class Kandinsky5VideoFamily(ModelFamily):
             rows = (lengths == length).nonzero().flatten()
             text = {k: v[rows] for k, v in batch.text.items()}
             inputs = self.prepare_inputs(
-                x0[rows].to(device),
-                noise[rows].to(device),
-                sigmas[rows].to(device),
+                to_device(x0[rows], device),
+                to_device(noise[rows], device),
+                to_device(sigmas[rows], device),
                 text,
                 batch.frame_rate,
                 dtype,
-                image_latents=None if image is None else image[rows].to(device),
+                image_latents=None if image is None else to_device(image[rows], device),
             )
             inputs.kwargs["sparse_params"] = sparse_params(model_config, inputs.kwargs["hidden_states"])
             forwards.append(inputs)

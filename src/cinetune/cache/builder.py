@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -67,6 +68,8 @@ class CacheBuilder:
         progress: Callable[[str, int], Iterable] | None = None,
         stop_signal: Callable[[], int | None] | None = None,
         vae_dtype: torch.dtype | None = None,
+        share: tuple[int, int] = (0, 1),
+        loading: Callable[[Callable[[], Any]], Any] | None = None,
     ) -> None:
         self.family = family
         self.index = CacheIndex(TensorCache(text_root), {k: TensorCache(v) for k, v in latent_roots.items()})
@@ -79,6 +82,9 @@ class CacheBuilder:
         self.stop_signal = stop_signal or (lambda: None)  # a signal number once Ctrl-C / SIGTERM arrived
         self._dtype_name = str(dtype).removeprefix("torch.")
         self._vae_dtype_name = str(self.vae_dtype).removeprefix("torch.")
+        # (rank, ranks): this builder encodes entry n of every list when n % ranks == rank (training/ranks.py)
+        self.share = share
+        self.loading = loading or (lambda load: load())  # runs a load (to the device) in this rank's turn
 
     # ---- keys ----------------------------------------------------------------------------------------------
     def text_key(self, caption: str) -> str:
@@ -123,14 +129,17 @@ class CacheBuilder:
     def build_text(self, captions: list[str]) -> None:
         keys = {c: self.text_key(c) for c in captions}
         self.index.caption_keys.update(keys)
-        missing = [c for c in captions if not self._usable(self.index.text, keys[c], "text")]
+        missing = [
+            c
+            for n, c in enumerate(captions)
+            if self._mine(n) and not self._usable(self.index.text, keys[c], "text")
+        ]
         self.index.stats["text_entries"] = len(captions)
         self.index.stats["text_encoded"] = len(missing)
         if not missing:
             return
         start = time.perf_counter()
-        tokenizer, encoder = self.family.load_text_encoder(self.dtype)
-        encoder.requires_grad_(False).eval().to(self.device)
+        tokenizer, encoder = self.loading(self._text_encoder_on_device)
         bar = self.progress("text embeddings", len(missing))
         for i in range(0, len(missing), self.text_batch_size):
             chunk = missing[i : i + self.text_batch_size]
@@ -141,7 +150,7 @@ class CacheBuilder:
                 strict=True,
             ):
                 tensors = {k: v.to(self.dtype) for k, v in encoded.items()}
-                meta = {"caption": caption[:2000]}
+                meta = {"caption": caption[:2000], "rank": str(self.share[0])}
                 self._save(self.index.text, keys[caption], tensors, meta, "text", len(missing) - i)
                 fault_point("cache.text")
             if bar is not None:
@@ -156,8 +165,9 @@ class CacheBuilder:
         for i, sample in enumerate(samples):
             for window in range(len(sample.window_starts)):
                 key = self.latent_key(sample, window)
+                mine = self._mine(len(self.index.latent_keys))
                 self.index.latent_keys[(i, window)] = key
-                if not self._usable(self.index.latents[sample.dataset_id], key, "latent"):
+                if mine and not self._usable(self.index.latents[sample.dataset_id], key, "latent"):
                     todo.append((i, window, key))
         self.index.stats["latent_entries"] = len(self.index.latent_keys)
         self.index.stats["latent_encoded"] = len(todo)
@@ -165,9 +175,7 @@ class CacheBuilder:
             return
         start = time.perf_counter()
         frames = 0
-        encoders = self.family.load_latent_encoders(self.vae_dtype)  # the VAE, and e.g. an audio VAE
-        for encoder in encoders.values():
-            encoder.requires_grad_(False).eval().to(self.device)
+        encoders = self.loading(self._latent_encoders_on_device)  # the VAE, e.g. an audio VAE
         bar = self.progress("video latents", len(todo))
         for done, (i, window, key) in enumerate(todo):
             self._stop_point("video latents", len(todo) - done)
@@ -179,6 +187,7 @@ class CacheBuilder:
                 "path": str(sample.path),
                 "start": str(sample.window_starts[window]),
                 "bucket": sample.bucket.key,
+                "rank": str(self.share[0]),
             }
             tensors = {k: v.to(self.vae_dtype) for k, v in tensors.items()}
             self._save(self.index.latents[sample.dataset_id], key, tensors, meta, "latent", len(todo) - done)
@@ -191,6 +200,31 @@ class CacheBuilder:
         _collect()
         seconds = time.perf_counter() - start
         self.index.stats.update(latent_seconds=seconds, latent_frames=frames)
+
+    def _mine(self, n: int) -> bool:
+        rank, ranks = self.share
+        return n % ranks == rank
+
+    def _text_encoder_on_device(self) -> tuple[Any, torch.nn.Module]:
+        tokenizer, encoder = self.family.load_text_encoder(self.dtype)
+        return tokenizer, encoder.requires_grad_(False).eval().to(self.device)
+
+    def _latent_encoders_on_device(self) -> dict[str, torch.nn.Module]:
+        encoders = self.family.load_latent_encoders(self.vae_dtype)
+        for encoder in encoders.values():
+            encoder.requires_grad_(False).eval().to(self.device)
+        return encoders
+
+    def count_missing(self, samples: list[Sample], extra_prompts: Iterable[str] = ()) -> int:
+        """Entries of the whole cache not on disk yet (a cheap existence check, no read)."""
+        captions = {c for s in samples for c in s.captions} | {""} | set(extra_prompts)
+        missing = sum(not self.index.text.has(self.text_key(c)) for c in captions)
+        for sample in samples:
+            cache = self.index.latents[sample.dataset_id]
+            missing += sum(
+                not cache.has(self.latent_key(sample, w)) for w in range(len(sample.window_starts))
+            )
+        return missing
 
     # ---- integrity, stops and full disks -------------------------------------------------------------------
     def _usable(self, cache: TensorCache, key: str, kind: str) -> bool:

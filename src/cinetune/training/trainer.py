@@ -31,6 +31,7 @@ from cinetune.training.devices import DTYPES, enable_tf32, encoder_dtype, rank_c
 from cinetune.training.guard import NonFiniteGuard, advice_for, measure_step
 from cinetune.training.metrics import MetricsLog, make_progress
 from cinetune.training.optim import build_optimizer, build_scheduler
+from cinetune.training.ranks import in_turn, wait_for_entries
 from cinetune.training.sampler import epoch_batches, plan_epoch
 from cinetune.training.signals import StopFlag
 from cinetune.training.speed import (
@@ -168,17 +169,25 @@ class Trainer:
             max_sequence_length=self.max_sequence_length,
             text_batch_size=embeds.write_batch_size if embeds else 16,
             stop_signal=lambda: self.stop.signum,
+            share=(self.acc.process_index, self.acc.num_processes),
+            loading=in_turn(self.output_dir, "cache encoders", self.acc.num_processes > 1),
         )
         extra = set(self.prompts.values()) | {self.cfg.validation_negative_prompt}
-        # The main process builds what is missing; the others then find every entry on disk.
-        with self.acc.main_process_first():
-            self.index = builder.build(self.samples, extra)
+        if self.acc.num_processes > 1:
+            # Each rank encodes its share, then waits on the files for the others' (training/ranks.py).
+            builder.build(self.samples, extra)
+            wait_for_entries(lambda: builder.count_missing(self.samples, extra), lambda: self.stop.signum)
+            builder.share = (0, 1)  # the index of every entry; each is on disk and read back whole
+        self.index = builder.build(self.samples, extra)
         return self.index
 
     def prepare(self) -> None:
         cfg = self.cfg
         self.total_steps = cfg.max_train_steps or cfg.num_train_epochs * self.steps_per_epoch
-        self.setup_model(self.family.load_transformer(self.weight_dtype), self.total_steps)
+        # On several ranks one at a time reads the transformer and moves it to its device (training/ranks.py).
+        load = in_turn(self.output_dir, "transformer", self.acc.num_processes > 1)
+        transformer = load(lambda: self.family.load_transformer(self.weight_dtype).to(self.device))
+        self.setup_model(transformer, self.total_steps)
         self.checkpointer = Checkpointer(self.output_dir, cfg.checkpoints_total_limit, self.acc)
         self.validator = self._make_validator()
         self.metrics = MetricsLog(self.output_dir, self.acc, cfg.report_to != "none")

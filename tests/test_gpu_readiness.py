@@ -100,7 +100,7 @@ def test_non_finite_cache_entries_are_never_written(tmp_path, clips_dir, make_co
     assert list((tmp_path / "text").rglob("*.safetensors"))  # the text entries were finite and written
 
 
-def test_compiled_blocks_do_not_recompile_at_validation_shapes(monkeypatch) -> None:
+def test_compiled_blocks_do_not_recompile_at_validation_shapes() -> None:
     """After the training shape has compiled, another size and batch (validation) reuse the graph. Batch 1 vs
     2 still recompiles once (dynamo specialises sizes 0 and 1), so the training shape here has batch 2."""
     import torch._dynamo
@@ -127,10 +127,10 @@ def test_compiled_blocks_do_not_recompile_at_validation_shapes(monkeypatch) -> N
 
     run(2, 2, 2)  # the training shape, twice: every block's graph is built
     run(2, 2, 2)
-    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
     try:
-        run(2, 3, 4)  # validation at another size: raised RecompileError with static shapes before
-        run(3, 5, 6)
+        with torch._dynamo.config.patch(error_on_recompile=True):  # restored after (monkeypatch hides it)
+            run(2, 3, 4)  # validation at another size: raised RecompileError with static shapes before
+            run(3, 5, 6)
     finally:
         torch._dynamo.reset()
 

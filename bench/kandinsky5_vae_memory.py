@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
             done = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True)
             line = done.stdout.strip().splitlines()[-1]
             results.append(json.loads(line))
-            latents[mode] = torch.load(out)
+            latents[mode] = torch.load(out, map_location="cpu")
         for row in results:
             diff = (latents[row["mode"]] - latents["plain"]).abs()
             row.update(max_abs_diff=float(diff.max()), mean_abs_diff=float(diff.mean()))

@@ -488,6 +488,16 @@ def probe_base_model_precision(w: World) -> None:
     _rejected(lambda: w.plan(base_model_precision="int8-quanto"), "quantized", error=NotSupportedYet)
 
 
+def probe_vae_dtype(w: World) -> None:
+    default, bf16 = w.cached(), w.cached(vae_dtype="bf16")
+    assert default.vae_dtype == torch.float32 and bf16.vae_dtype == torch.bfloat16  # CPU default: fp32
+    key = next(iter(bf16.index.latent_keys.values()))
+    assert bf16.index.latents["clips"].load(key)["latents"].dtype == torch.bfloat16
+    assert set(bf16.index.latent_keys.values()).isdisjoint(default.index.latent_keys.values())
+    assert bf16.index.caption_keys == default.index.caption_keys  # the text encoder is not the VAE
+    _rejected(lambda: w.plan(vae_dtype="fp8"), "vae_dtype")
+
+
 # ---- TrainConfig: files ----------------------------------------------------------------------------------
 def probe_output_dir(w: World) -> None:
     default = w.run("defaults")
@@ -1701,6 +1711,7 @@ TRAIN_KEYS: dict[str, Any] = {
     "lycoris_config": probe_lycoris_config,
     "use_dora": probe_use_dora,
     "base_model_precision": probe_base_model_precision,
+    "vae_dtype": probe_vae_dtype,
     "output_dir": probe_output_dir,
     "data_backend_config": probe_data_backend_config,
     "train_batch_size": probe_train_batch_size,

@@ -1,9 +1,9 @@
 """The package's layers import downwards only (docs/ARCHITECTURE.md), so no import cycle joins them.
 
 Low to high: faults < errors < config < objectives < data < export < models < memory < cache < plan <
-training < benchmark < prep < check < demo < configure < server < cli. A module may import its own layer and
-the layers below it; the CLI, which dispatches to every command (the web server and the configure wizard
-too), is the leaf nothing imports.
+training < benchmark < prep < check < doctor < demo < configure < server < cli. A module may import its own
+layer and the layers below it; the CLI, which dispatches to every command (the web server and the configure
+wizard too), is the leaf nothing imports.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ LAYERS = (
     "benchmark",
     "prep",
     "check",
+    "doctor",
     "demo",
     "configure",
     "server",

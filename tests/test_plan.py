@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from cinetune.check import check_report
 from cinetune.cli import main
 from cinetune.config import load_config
 from cinetune.plan import resolve
@@ -100,6 +101,9 @@ BAD_CONFIGS: list[tuple[str, dict[str, Any], dict[str, Any], str]] = [
     ),
     ("lycoris without its file", {"lora_type": "lycoris"}, {}, "lora_type lycoris needs lycoris_config"),
     ("alias conflict", {"validation_steps": 2, "validation_step_interval": 3}, {}, "are the same setting"),
+    ("flash on LTX-Video", {"attention_backend": "flash"}, {}, "'flash' cannot run ltxvideo: it rejects"),
+    ("sage on LTX-2", {**_LTX2, "attention_backend": "sage"}, {}, "'sage' cannot run ltxvideo2: it rejects"),
+    ("native flash on LTX", {"attention_backend": "_native_flash"}, {}, "attention masks"),
 ]
 
 
@@ -128,6 +132,14 @@ def test_table_covers_at_least_25_configs() -> None:
     assert len(BAD_CONFIGS) >= 25
 
 
+def test_mask_free_backends_are_read_from_diffusers() -> None:
+    from cinetune.plan import mask_free_backends
+
+    free = mask_free_backends()
+    assert {"flash", "_flash_3", "_native_flash", "sage"} <= free
+    assert not free & {"native", "_native_efficient", "_native_cudnn", "_native_math", "flex"}
+
+
 def test_resolved_config_carries_the_family_defaults(tmp_path: Path, clips_dir: Path, make_config) -> None:
     path = make_config(tmp_path, clips_dir, None, vae_latent_sampling=None, lora_rank=8, seed=11)
     plan = resolve(load_config(path))
@@ -150,7 +162,12 @@ def test_resolved_config_carries_the_family_defaults(tmp_path: Path, clips_dir: 
             )
         )
     )
-    assert nabla.train.attention_backend == "flex"  # the NABLA flavours run on flex attention
+    assert nabla.train.attention_backend == "flex"  # the NABLA flavours run on flex attention ...
+    assert nabla.train.compile_transformer_blocks is True  # ... compiled, and say so
+    lines: list[str] = []
+    check_report(nabla, lines.append)
+    assert "attention: flex backend, transformer blocks compiled" in lines
+    assert plan.train.compile_transformer_blocks is False  # other models: off unless asked
 
 
 def test_train_snapshots_the_resolved_config(tmp_path: Path, clips_dir: Path, make_config) -> None:

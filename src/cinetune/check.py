@@ -25,6 +25,8 @@ def check_report(plan: RunPlan, emit: Callable[[str], None]) -> None:
     )
     emit(f"frame rule: {rule.temporal_multiple}k+1 frames, sides multiple of {rule.spatial_multiple}")
     emit(f"LoRA: rank {cfg.lora_rank}, alpha {cfg.lora_alpha:g} on {', '.join(cfg.lora_target_modules)}")
+    compiled = "transformer blocks compiled" if cfg.compile_transformer_blocks else "eager"
+    emit(f"attention: {cfg.attention_backend} backend, {compiled}")
     report = SkipReport()
     samples = scan_datasets(
         plan.training_media, rule, cfg.frame_rate, cfg.seed, report, audio_datasets=plan.data.datasets

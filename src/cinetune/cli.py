@@ -1,7 +1,8 @@
-"""`cinetune` command line: train, cache, check, export, demo, bench, prep, server, configure.
+"""`cinetune` command line: train, cache, check, export, demo, bench, prep, doctor, server, configure.
 
-Exit codes: 0 done; 2 an error the user can fix (config, data, a locked or full output folder, a damaged
-checkpoint); 3 training diverged (non-finite steps); 130 / 143 stopped by SIGINT / SIGTERM, resumable.
+Exit codes: 0 done; 1 `doctor` found no device that can train; 2 an error the user can fix (config, data, a
+locked or full output folder, a damaged checkpoint); 3 training diverged (non-finite steps); 130 / 143
+stopped by SIGINT / SIGTERM, resumable.
 """
 
 from __future__ import annotations
@@ -147,6 +148,19 @@ def cmd_check(args: argparse.Namespace, extra: list[str]) -> int:
 
     check_report(_plan(args, extra), console.print)
     return 0
+
+
+def cmd_doctor(args: argparse.Namespace, extra: list[str]) -> int:
+    from cinetune.doctor import diagnose, report_lines
+
+    plan = _plan(args, extra) if args.config or extra else None
+    report = diagnose(plan)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for line in report_lines(report):
+            console.print(escape(line), highlight=False)
+    return 0 if report["usable"] else 1
 
 
 def cmd_export(args: argparse.Namespace, extra: list[str]) -> int:
@@ -301,6 +315,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model_family", default=None)
     sub.add_parser("keys", help="list every config key with its default and description")
     p = sub.add_parser(
+        "doctor",
+        help="check this machine: GPUs, drivers, attention kernels, codecs, disk, Hugging Face access",
+        description="Exit code 0 when some device can train. With --config: free disk at the run's folders "
+        "and whether the predicted memory peak fits the GPU found.",
+    )
+    p.add_argument("--config", help="config.json / .toml to check against this machine")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p = sub.add_parser(
         "bench",
         help="time the real training step on the full-size architecture with random weights",
         description="Speed and memory of a config before downloading weights. Config keys: --key=value.",
@@ -345,6 +367,7 @@ COMMANDS = {
     "demo": cmd_demo,
     "keys": cmd_keys,
     "bench": cmd_bench,
+    "doctor": cmd_doctor,
     "prep": cmd_prep,
     "server": cmd_server,
     "configure": cmd_configure,

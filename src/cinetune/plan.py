@@ -70,13 +70,14 @@ def resolve(loaded: LoadedConfig) -> RunPlan:
         train, data = loaded.train, loaded.data
         _check_attention_backend(train.attention_backend)
         family = build_family(train.model_family, train.model_flavour, train.pretrained_model_name_or_path)
+        _check_backend_takes_masks(train.attention_backend, family)
         flavour = family.flavours[family.loader.flavour]
         resolved: dict[str, Any] = dict(family.configure(train))
         if data is not None:
             _check_datasets(train, data, family)
             family.configure_datasets(data)
         _check_files(train)
-        _check_video_blocks(train, family)
+        _check_video_blocks(train, family, resolved.get("compile_transformer_blocks"))
         _check_scheduled_sampling(train)
         _warn_moot_keys(train, data)
         prompts = _validation_prompts(train)
@@ -110,6 +111,9 @@ def _defaults(train: TrainConfig, family: ModelFamily, resolved: dict[str, Any])
         "lora_target_modules": train.lora_target_modules or family.lora_targets(),
         "validation_seed": train.seed if train.validation_seed is None else train.validation_seed,
         "attention_backend": resolved.get("attention_backend", train.attention_backend),
+        "compile_transformer_blocks": resolved.get(
+            "compile_transformer_blocks", bool(train.compile_transformer_blocks)
+        ),
     }
 
 
@@ -121,6 +125,30 @@ def _check_attention_backend(name: str) -> None:
     names = [b.value for b in AttentionBackendName]
     if name not in names:
         raise ConfigError(f"attention_backend '{name}' is not a diffusers backend; one of {', '.join(names)}")
+
+
+def mask_free_backends() -> frozenset[str]:
+    """diffusers attention backends that raise on an attention mask (flash, _flash_3, _native_flash, sage...):
+    read from each registered backend, so a diffusers release that adds or fixes one is followed."""
+    import inspect
+
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    return frozenset(
+        name.value
+        for name, func in _AttentionBackendRegistry._backends.items()
+        if "`attn_mask` is not supported" in inspect.getsource(func)
+    )
+
+
+def _check_backend_takes_masks(name: str, family: ModelFamily) -> None:
+    if name == "native" or not family.passes_attention_mask or name not in mask_free_backends():
+        return
+    raise ConfigError(
+        f"attention_backend '{name}' cannot run {family.name}: it rejects attention masks, and this model "
+        "passes one (its text mask) at every step. Use native (PyTorch SDPA), _native_efficient or "
+        "_native_cudnn"
+    )
 
 
 def _check_datasets(train: TrainConfig, data: DataBackendConfig, family: ModelFamily) -> None:
@@ -280,16 +308,18 @@ def _check_scheduled_sampling(train: TrainConfig) -> None:
         )
 
 
-def _check_video_blocks(train: TrainConfig, family: ModelFamily) -> None:
+def _check_video_blocks(train: TrainConfig, family: ModelFamily, compiled: bool | None = None) -> None:
     """Block indices (TREAD routes, CREPA's block) against the flavour's number of video blocks, where its
-    architecture is known (the loaded model's own count is checked again when training starts)."""
+    architecture is known (the loaded model's own count is checked again when training starts). `compiled`:
+    the family's resolved compile_transformer_blocks (the NABLA flavours compile by default)."""
     if train.tread_config is None and not train.crepa_enabled:
         return
-    if train.compile_transformer_blocks:
+    if train.compile_transformer_blocks or (compiled and train.compile_transformer_blocks is None):
         # torch.compile of a block compiles its hooks too, and these keep Python state across blocks
+        default = "" if train.compile_transformer_blocks else " (this flavour's default)"
         raise NotSupportedYet(
-            "compile_transformer_blocks with tread_config or crepa_enabled is not supported yet: their hooks "
-            "on the video blocks would be compiled with them; train one of them without it"
+            f"compile_transformer_blocks{default} with tread_config or crepa_enabled is not supported yet: "
+            "their hooks on the video blocks would be compiled with them; train one of them without it"
         )
     try:
         count = int(family.architecture_config().get(family.video_blocks_config_key) or 0)

@@ -14,12 +14,13 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from cinetune.cache.store import TensorCache, cache_key
 from cinetune.data import Sample, load_pixels
-from cinetune.errors import RunStopped, disk_error
+from cinetune.errors import DataError, RunStopped, disk_error
 from cinetune.faults import fault_point
 from cinetune.models.base import ModelFamily
 from cinetune.models.vision import FrameFeatures
@@ -68,17 +69,25 @@ class CacheBuilder:
         progress: Callable[[str, int], Iterable] | None = None,
         features: FrameFeatures | None = None,
         stop_signal: Callable[[], int | None] | None = None,
+        vae_dtype: torch.dtype | None = None,
+        share: tuple[int, int] = (0, 1),
+        loading: Callable[[Callable[[], Any]], Any] | None = None,
     ) -> None:
         self.family = family
         self.features = features  # CREPA: vision features of each window, stored with its latents
         self.index = CacheIndex(TensorCache(text_root), {k: TensorCache(v) for k, v in latent_roots.items()})
         self.device = device
-        self.dtype = dtype
+        self.dtype = dtype  # the text encoder's, and its entries'
+        self.vae_dtype = vae_dtype or dtype  # the VAEs', and their entries'
         self.max_sequence_length = max_sequence_length
         self.text_batch_size = text_batch_size
         self.progress = progress or (lambda _label, _total: None)
         self.stop_signal = stop_signal or (lambda: None)  # a signal number once Ctrl-C / SIGTERM arrived
         self._dtype_name = str(dtype).removeprefix("torch.")
+        self._vae_dtype_name = str(self.vae_dtype).removeprefix("torch.")
+        # (rank, ranks): this builder encodes entry n of every list when n % ranks == rank (training/ranks.py)
+        self.share = share
+        self.loading = loading or (lambda load: load())  # runs a load (to the device) in this rank's turn
 
     # ---- keys ----------------------------------------------------------------------------------------------
     def text_key(self, caption: str) -> str:
@@ -107,7 +116,7 @@ class CacheBuilder:
                 "crop": "center",
                 "family": self.family.name,
                 "vae": self.family.component_identity("vae"),
-                "dtype": self._dtype_name,
+                "dtype": self._vae_dtype_name,
                 **self.family.latent_key_fields(sample),
                 **({"crepa": self.features.identity} if self.features is not None else {}),
             }
@@ -124,14 +133,17 @@ class CacheBuilder:
     def build_text(self, captions: list[str]) -> None:
         keys = {c: self.text_key(c) for c in captions}
         self.index.caption_keys.update(keys)
-        missing = [c for c in captions if not self._usable(self.index.text, keys[c], "text")]
+        missing = [
+            c
+            for n, c in enumerate(captions)
+            if self._mine(n) and not self._usable(self.index.text, keys[c], "text")
+        ]
         self.index.stats["text_entries"] = len(captions)
         self.index.stats["text_encoded"] = len(missing)
         if not missing:
             return
         start = time.perf_counter()
-        tokenizer, encoder = self.family.load_text_encoder(self.dtype)
-        encoder.requires_grad_(False).eval().to(self.device)
+        tokenizer, encoder = self.loading(self._text_encoder_on_device)
         bar = self.progress("text embeddings", len(missing))
         for i in range(0, len(missing), self.text_batch_size):
             chunk = missing[i : i + self.text_batch_size]
@@ -142,7 +154,7 @@ class CacheBuilder:
                 strict=True,
             ):
                 tensors = {k: v.to(self.dtype) for k, v in encoded.items()}
-                meta = {"caption": caption[:2000]}
+                meta = {"caption": caption[:2000], "rank": str(self.share[0])}
                 self._save(self.index.text, keys[caption], tensors, meta, "text", len(missing) - i)
                 fault_point("cache.text")
             if bar is not None:
@@ -157,8 +169,9 @@ class CacheBuilder:
         for i, sample in enumerate(samples):
             for window in range(len(sample.window_starts)):
                 key = self.latent_key(sample, window)
+                mine = self._mine(len(self.index.latent_keys))
                 self.index.latent_keys[(i, window)] = key
-                if not self._usable(self.index.latents[sample.dataset_id], key, "latent"):
+                if mine and not self._usable(self.index.latents[sample.dataset_id], key, "latent"):
                     todo.append((i, window, key))
         self.index.stats["latent_entries"] = len(self.index.latent_keys)
         self.index.stats["latent_encoded"] = len(todo)
@@ -166,10 +179,10 @@ class CacheBuilder:
             return
         start = time.perf_counter()
         frames = 0
-        encoders = self.family.load_latent_encoders(self.dtype)  # the VAE, and e.g. an audio VAE
-        vision = self.features.load(self.dtype).to(self.device) if self.features is not None else None
-        for encoder in encoders.values():
-            encoder.requires_grad_(False).eval().to(self.device)
+        encoders = self.loading(self._latent_encoders_on_device)  # the VAE, e.g. an audio VAE
+        vision = None  # CREPA's vision encoder, loaded in this rank's turn too
+        if self.features is not None:
+            vision = self.loading(lambda: self.features.load(self.dtype).to(self.device))
         bar = self.progress("video latents", len(todo))
         for done, (i, window, key) in enumerate(todo):
             self._stop_point("video latents", len(todo) - done)
@@ -184,8 +197,9 @@ class CacheBuilder:
                 "path": str(sample.path),
                 "start": str(sample.window_starts[window]),
                 "bucket": sample.bucket.key,
+                "rank": str(self.share[0]),
             }
-            tensors = {k: v.to(self.dtype) for k, v in tensors.items()}
+            tensors = {k: v.to(self.vae_dtype) for k, v in tensors.items()}
             self._save(self.index.latents[sample.dataset_id], key, tensors, meta, "latent", len(todo) - done)
             fault_point("cache.latent")
             if bar is not None:
@@ -196,6 +210,31 @@ class CacheBuilder:
         _collect()
         seconds = time.perf_counter() - start
         self.index.stats.update(latent_seconds=seconds, latent_frames=frames)
+
+    def _mine(self, n: int) -> bool:
+        rank, ranks = self.share
+        return n % ranks == rank
+
+    def _text_encoder_on_device(self) -> tuple[Any, torch.nn.Module]:
+        tokenizer, encoder = self.family.load_text_encoder(self.dtype)
+        return tokenizer, encoder.requires_grad_(False).eval().to(self.device)
+
+    def _latent_encoders_on_device(self) -> dict[str, torch.nn.Module]:
+        encoders = self.family.load_latent_encoders(self.vae_dtype)
+        for encoder in encoders.values():
+            encoder.requires_grad_(False).eval().to(self.device)
+        return encoders
+
+    def count_missing(self, samples: list[Sample], extra_prompts: Iterable[str] = ()) -> int:
+        """Entries of the whole cache not on disk yet (a cheap existence check, no read)."""
+        captions = {c for s in samples for c in s.captions} | {""} | set(extra_prompts)
+        missing = sum(not self.index.text.has(self.text_key(c)) for c in captions)
+        for sample in samples:
+            cache = self.index.latents[sample.dataset_id]
+            missing += sum(
+                not cache.has(self.latent_key(sample, w)) for w in range(len(sample.window_starts))
+            )
+        return missing
 
     # ---- integrity, stops and full disks -------------------------------------------------------------------
     def _usable(self, cache: TensorCache, key: str, kind: str) -> bool:
@@ -219,6 +258,7 @@ class CacheBuilder:
         kind: str,
         remaining: int = 1,
     ) -> None:
+        _require_finite(tensors, kind, meta)
         try:
             cache.save(key, tensors, meta)
         except OSError as exc:
@@ -238,3 +278,14 @@ class CacheBuilder:
                 "kept and the next run encodes only what is missing",
                 signum,
             )
+
+
+def _require_finite(tensors: dict[str, torch.Tensor], kind: str, meta: dict[str, str]) -> None:
+    """A NaN / inf entry would poison every step that draws it: stop before writing it, naming its source."""
+    bad = [name for name, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        source = meta.get("path") or repr(meta.get("caption", "")[:80])
+        raise DataError(
+            f"the {kind} encoder produced non-finite values ({', '.join(bad)}) for {source}; nothing was "
+            "written. An encoder run in fp16 overflows: vae_dtype fp32 (or bf16) avoids it for the VAE"
+        )

@@ -71,6 +71,11 @@ class TrainConfig(BaseModel):
     base_model_precision: Literal["no_change", "bf16", "fp16", "fp32"] = Field(
         "no_change", description="Storage dtype of frozen weights. no_change: the mixed_precision dtype."
     )
+    vae_dtype: Literal["default", "fp32", "fp16", "bf16"] = Field(
+        "default",
+        description="Precision for VAE encoding/decoding. default: bf16 on a GPU that has it (fp32 on one "
+        "that does not) whatever mixed_precision says, as the text encoders; on the CPU the training dtype.",
+    )
     # output and data
     output_dir: Path = Field(
         Path("output"), description="Where checkpoints, LoRA files, validation videos and logs go."
@@ -339,8 +344,11 @@ class TrainConfig(BaseModel):
         description="diffusers attention backend: native (torch SDPA), _native_cudnn, _native_flash, flash, "
         "_flash_3, sage, xformers... (the backend's package must be installed).",
     )
-    compile_transformer_blocks: bool = Field(
-        False, description="torch.compile the repeated transformer blocks (regional compilation)."
+    compile_transformer_blocks: bool | None = Field(
+        None,
+        description="torch.compile the repeated transformer blocks (regional compilation). Default: on for "
+        "the Kandinsky 5 NABLA flavours (uncompiled flex attention materialises the full score matrix and "
+        "runs out of memory), off otherwise; false turns it off.",
     )
     num_processes: int = Field(1, ge=1, description="Processes to launch (DDP through accelerate).")
     cpu: bool = Field(False, description="Train on CPU even when a GPU is present (tests, demos).")

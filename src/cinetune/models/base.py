@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from cinetune.data.frames import FrameRule
-from cinetune.objectives import ModelInputs, sample_latents, sample_sigmas
+from cinetune.objectives import ModelInputs, sample_latents, sample_sigmas, to_device
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +137,9 @@ class ModelFamily(ABC):
     image_validation_on_request: ClassVar[bool] = False
     # Dataset `audio` blocks (audio extraction, audio latents, joint loss) are built for this family.
     supports_audio: ClassVar[bool] = False
+    # The transformer passes an attention mask (LTX: the text mask): attention backends that reject masks
+    # (flash, _native_flash, sage...) cannot run it, and the run plan says so before anything loads.
+    passes_attention_mask: ClassVar[bool] = True
     # vae_latent_sampling when the config leaves it unset: "sample" (x0 from the posterior) or "mean".
     default_vae_latent_sampling: ClassVar[str] = "sample"
 
@@ -342,7 +345,12 @@ class ModelFamily(ABC):
         mu = self.shift_mu(self.num_tokens(x0.shape))
         sigmas = sample_sigmas(x0.shape[0], mu, sigma_sampler, generator)
         inputs = self.prepare_inputs(
-            x0.to(device), noise.to(device), sigmas.to(device), batch.text, batch.frame_rate, dtype
+            to_device(x0, device),
+            to_device(noise, device),
+            to_device(sigmas, device),
+            batch.text,
+            batch.frame_rate,
+            dtype,
         )
         return [inputs]
 

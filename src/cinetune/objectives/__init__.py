@@ -10,6 +10,7 @@ from cinetune.objectives.flow import (
     sample_latents,
     sample_sigmas,
     shift_sigmas,
+    to_device,
     with_clean_tokens,
 )
 from cinetune.objectives.loss import FlowState, LossOutput, LossStream, ModelInputs, compute_loss
@@ -26,5 +27,6 @@ __all__ = [
     "sample_latents",
     "sample_sigmas",
     "shift_sigmas",
+    "to_device",
     "with_clean_tokens",
 ]

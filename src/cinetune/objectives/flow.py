@@ -89,7 +89,18 @@ def sample_latents(
     """Draw x0 from the cached (normalized) posterior: mean + std * eps. Without a std, the mean itself."""
     if latents_std is None:
         return latents
-    eps = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(
-        latents.device, latents.dtype
-    )
-    return latents + latents_std * eps
+    eps = torch.randn(latents.shape, generator=generator, dtype=torch.float32)
+    return latents + latents_std * to_device(eps, latents.device).to(latents.dtype)
+
+
+def to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """A CPU tensor (a draw of the CPU generator, a cached latent) on `device` without stalling the host: to a
+    GPU through pinned memory with a non-blocking copy, which queues behind the running kernels instead of
+    waiting for them (a copy from pageable memory is synchronous). Draws stay on the CPU generator, so a run
+    is reproducible across devices and its generator state is all a checkpoint needs."""
+    device = torch.device(device)
+    if tensor.device == device:
+        return tensor
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)

@@ -99,14 +99,14 @@ def _token_mean(parts: list[tuple[torch.Tensor, LossStream]]) -> torch.Tensor:
     if len(parts) == 1 and parts[0][1].mask is None:
         pred, stream = parts[0]
         return flow_loss(pred, stream.target)
-    total, weight = torch.zeros((), device=parts[0][0].device), 0.0
+    # The token counts stay on the device: reading them (float(mask.sum())) would stall every step.
+    total, weight = torch.zeros((), device=parts[0][0].device), torch.zeros((), device=parts[0][0].device)
     for pred, stream in parts:
-        share = float(stream.mask.sum()) if stream.mask is not None else float(stream.target[..., 0].numel())
+        share = stream.mask.sum() if stream.mask is not None else stream.target[..., 0].numel()
         total = total + flow_loss(pred, stream.target, stream.mask) * share
-        weight += share
-    if weight == 0:  # every token was a conditioning token: nothing to learn, and no 0/0
-        return total
-    return total / weight
+        weight = weight + share
+    # every token a conditioning token: total is 0 and so is the loss (no 0/0); counts are whole numbers
+    return total / weight.clamp(min=1.0)
 
 
 def compute_loss(

@@ -194,14 +194,18 @@ class Checkpointer:
             raise ConfigError(
                 f"checkpoint {path} does not match this LoRA setup: unexpected {unexpected[:3]}"
             )
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
-        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+        # Without map_location every rank would put its copy on the device it was saved from (cuda:0) first.
+        # Read onto the CPU: the optimizer's load_state_dict moves each state tensor to its parameter's
+        # device (this rank's) and keeps `step` on the CPU, as non-capturable optimizers need.
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False))
+        scheduler.load_state_dict(torch.load(path / "scheduler.pt", map_location="cpu", weights_only=False))
         if acc.scaler is not None and (path / "scaler.pt").exists():
-            acc.scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=False))
+            acc.scaler.load_state_dict(torch.load(path / "scaler.pt", map_location="cpu", weights_only=False))
         for part in self.parts:
             part.load(path)
         state.load_state_dict(meta)
-        load_rng_state(torch.load(path / f"rng_{acc.process_index}.pt", weights_only=False), state.generator)
+        rng = torch.load(path / f"rng_{acc.process_index}.pt", map_location="cpu", weights_only=False)
+        load_rng_state(rng, state.generator)
 
 
 def last_verified(output_dir: Path) -> Path | None:

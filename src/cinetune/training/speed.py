@@ -49,9 +49,13 @@ def apply_attention_backend(model: torch.nn.Module, name: str) -> None:
     logger.info("attention backend: %s", name)
 
 
-def apply_regional_compile(model: torch.nn.Module) -> None:
-    """torch.compile each repeated transformer block (compiled once, reused by every block of that class)."""
-    model.compile_repeated_blocks()
+def apply_regional_compile(model: torch.nn.Module, **options: Any) -> None:
+    """torch.compile each repeated transformer block (compiled once, reused by every block of that class).
+
+    Shapes are dynamic from the start: training buckets and validation (another resolution, a CFG batch of
+    two) then share one graph instead of recompiling at each new shape (and hitting dynamo's recompile
+    limit, after which the blocks silently run eagerly). `options` go to torch.compile (tests: backend)."""
+    model.compile_repeated_blocks(dynamic=True, **options)
     logger.info("compiled the repeated blocks %s", getattr(model, "_repeated_blocks", []))
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Protocol
 
 import torch
 
 from cinetune.models.base import ModelFamily
-from cinetune.objectives import LossOutput, ModelInputs, compute_loss
+from cinetune.objectives import LossOutput, ModelInputs, compute_loss, to_device
 from cinetune.training.batches import Batch
 
 
@@ -38,8 +39,14 @@ def step_loss(
 ) -> LossOutput:
     """The family turns the batch into forward passes and loss streams; the model runs each; `compute_loss`
     reduces them (with the hooks' terms). Random draws happen on the CPU generator, so a run is reproducible
-    across devices."""
+    across devices; the cached latents and caption embeddings go to the device first (non-blocking copies)."""
     config = getattr(model, "module", model).config
+    batch = replace(
+        batch,
+        tensors={k: to_device(v, device) for k, v in batch.tensors.items()},
+        # counts that decide the forward passes on the host (Kandinsky's caption lengths) stay there
+        text={k: v if k.endswith("_lengths") else to_device(v, device) for k, v in batch.text.items()},
+    )
     inputs = family.training_inputs(batch, generator, sigma_sampler, device, dtype, config)
     if hooks is not None:
         hooks.begin(batch)

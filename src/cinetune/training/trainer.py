@@ -26,10 +26,12 @@ from cinetune.plan import RunPlan, resolve_checkpoint
 from cinetune.training.adapters import build_adapter
 from cinetune.training.batches import Batch, load_batch
 from cinetune.training.checkpoint import Checkpointer, last_verified
+from cinetune.training.devices import DTYPES, enable_tf32, encoder_dtype, rank_checksum
 from cinetune.training.extras import RunExtras, frame_features
 from cinetune.training.guard import NonFiniteGuard, advice_for, measure_step
 from cinetune.training.metrics import MetricsLog, make_progress
 from cinetune.training.optim import build_optimizer, build_scheduler
+from cinetune.training.ranks import in_turn, wait_for_entries
 from cinetune.training.sampler import epoch_batches, plan_epoch
 from cinetune.training.signals import StopFlag
 from cinetune.training.speed import (
@@ -42,7 +44,7 @@ from cinetune.training.step import step_loss
 from cinetune.training.validation import Validator, condition_images
 
 logger = logging.getLogger(__name__)
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": torch.float32, "fp32": torch.float32}
+_DTYPES = DTYPES
 
 
 def make_accelerator(cfg: Any) -> Accelerator:
@@ -81,12 +83,15 @@ class Trainer:
         self.family = plan.family
         self.acc = accelerator or make_accelerator(self.cfg)
         self.device = self.acc.device
+        enable_tf32(self.device)
         self.dtype = _DTYPES[self.acc.mixed_precision]
         self.weight_dtype = (
             self.dtype
             if self.cfg.base_model_precision == "no_change"
             else _DTYPES[self.cfg.base_model_precision]
         )
+        self.text_dtype = encoder_dtype("default", self.weight_dtype, self.device)
+        self.vae_dtype = encoder_dtype(self.cfg.vae_dtype, self.weight_dtype, self.device)
         self.output_dir = Path(self.cfg.output_dir)
         self.report = SkipReport()
         self.state = TrainState(
@@ -159,22 +164,31 @@ class Trainer:
             text_root=text_root,
             latent_roots=latent_roots,
             device=self.device,
-            dtype=self.weight_dtype,
+            dtype=self.text_dtype,
+            vae_dtype=self.vae_dtype,
             max_sequence_length=self.max_sequence_length,
             text_batch_size=embeds.write_batch_size if embeds else 16,
             features=frame_features(self.cfg),  # CREPA's vision features, stored with the latents
             stop_signal=lambda: self.stop.signum,
+            share=(self.acc.process_index, self.acc.num_processes),
+            loading=in_turn(self.output_dir, "cache encoders", self.acc.num_processes > 1),
         )
         extra = set(self.prompts.values()) | {self.cfg.validation_negative_prompt}
-        # The main process builds what is missing; the others then find every entry on disk.
-        with self.acc.main_process_first():
-            self.index = builder.build(self.samples, extra)
+        if self.acc.num_processes > 1:
+            # Each rank encodes its share, then waits on the files for the others' (training/ranks.py).
+            builder.build(self.samples, extra)
+            wait_for_entries(lambda: builder.count_missing(self.samples, extra), lambda: self.stop.signum)
+            builder.share = (0, 1)  # the index of every entry; each is on disk and read back whole
+        self.index = builder.build(self.samples, extra)
         return self.index
 
     def prepare(self) -> None:
         cfg = self.cfg
         self.total_steps = cfg.max_train_steps or cfg.num_train_epochs * self.steps_per_epoch
-        self.setup_model(self.family.load_transformer(self.weight_dtype), self.total_steps)
+        # On several ranks one at a time reads the transformer and moves it to its device (training/ranks.py).
+        load = in_turn(self.output_dir, "transformer", self.acc.num_processes > 1)
+        transformer = load(lambda: self.family.load_transformer(self.weight_dtype).to(self.device))
+        self.setup_model(transformer, self.total_steps)
         self.checkpointer = Checkpointer(
             self.output_dir,
             cfg.checkpoints_total_limit,
@@ -238,7 +252,7 @@ class Trainer:
                 "offload_during_startup changes nothing on this run: it trains on the CPU, where the "
                 "validation VAE lives anyway"
             )
-        vae = self.family.load_vae(self.weight_dtype).requires_grad_(False).eval()
+        vae = self.family.load_vae(self.vae_dtype).requires_grad_(False).eval()
         vae.to("cpu" if cfg.offload_during_startup else self.device)
         return Validator(
             self.family,
@@ -440,9 +454,7 @@ class Trainer:
     def check_ranks_in_sync(self) -> list[list[float]]:
         """Every rank must hold the same LoRA; a divergence means broken DDP, so fail loudly."""
         model = self.acc.unwrap_model(self.model)
-        flat = torch.cat([p.detach().float().flatten() for p in model.parameters() if p.requires_grad])
-        weights = torch.arange(1, flat.numel() + 1, dtype=torch.float64) / flat.numel()
-        summary = torch.stack([flat.double().sum(), (flat.double() * weights).sum()]).to(self.device)
+        summary = rank_checksum([p for p in model.parameters() if p.requires_grad]).to(self.device)
         gathered = self.acc.gather(summary.unsqueeze(0)).cpu().tolist()
         if self.acc.is_main_process:
             (self.output_dir / "ddp_sync.json").write_text(json.dumps({"ranks": gathered}))

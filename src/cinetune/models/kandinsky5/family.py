@@ -42,6 +42,7 @@ from cinetune.objectives import (
     sample_latents,
     sample_sigmas,
     shift_sigmas,
+    to_device,
 )
 
 logger = logging.getLogger(__name__)
@@ -172,6 +173,8 @@ class TextEncoders(torch.nn.Module):
 
 
 class Kandinsky5VideoFamily(ModelFamily):
+    # regular attention runs unmasked (diffusers passes attn_mask=None); NABLA needs flex (`configure`)
+    passes_attention_mask: ClassVar[bool] = False
     name: ClassVar[str] = "kandinsky5-video"
     flavours: ClassVar[dict[str, Flavour]] = {f.name: f for f in _FLAVOURS}
     default_flavour: ClassVar[str] = "t2v-lite-sft-5s"
@@ -245,6 +248,7 @@ class Kandinsky5VideoFamily(ModelFamily):
             if cfg.attention_backend == "native":
                 logger.info("NABLA sparse attention: using diffusers' flex attention backend")
                 resolved["attention_backend"] = "flex"
+            resolved.update(_nabla_compile(cfg.compile_transformer_blocks, self.loader.flavour))
         return resolved
 
     def video_hidden_size(self, config: Any) -> int:
@@ -499,13 +503,13 @@ class Kandinsky5VideoFamily(ModelFamily):
             rows = (lengths == length).nonzero().flatten()
             text = {k: v[rows] for k, v in batch.text.items()}
             inputs = self.prepare_inputs(
-                x0[rows].to(device),
-                noise[rows].to(device),
-                sigmas[rows].to(device),
+                to_device(x0[rows], device),
+                to_device(noise[rows], device),
+                to_device(sigmas[rows], device),
                 text,
                 batch.frame_rate,
                 dtype,
-                image_latents=None if image is None else image[rows].to(device),
+                image_latents=None if image is None else to_device(image[rows], device),
             )
             inputs.kwargs["sparse_params"] = sparse_params(model_config, inputs.kwargs["hidden_states"])
             inputs.rows = rows
@@ -612,3 +616,21 @@ def sparse_params(config: Any, hidden_states: torch.Tensor) -> dict | None:
         transformer=SimpleNamespace(config=config), fast_sta_nabla=pipeline.fast_sta_nabla
     )
     return pipeline.get_sparse_params(owner, hidden_states, hidden_states.device)
+
+
+def _nabla_compile(asked: bool | None, flavour: str) -> dict[str, Any]:
+    """flex attention run eagerly materialises the full score matrix (about 17 GB per head at 768x512, 10 s):
+    the NABLA flavours compile the transformer blocks unless the config says otherwise."""
+    if asked is None:
+        logger.info(
+            "NABLA sparse attention: compiling the transformer blocks (compile_transformer_blocks: true) so "
+            "flex attention runs as a fused kernel; compile_transformer_blocks: false turns it off"
+        )
+        return {"compile_transformer_blocks": True}
+    if not asked:
+        logger.warning(
+            "compile_transformer_blocks: false on the NABLA model %s: flex attention then runs eagerly and "
+            "materialises the full attention matrix; expect out-of-memory at 10 s / HD sizes",
+            flavour,
+        )
+    return {}

@@ -49,7 +49,14 @@ from cinetune.models.ltxvideo2.checkpoint import (
 )
 from cinetune.models.ltxvideo2.convert import TRANSFORMER_RENAMES
 from cinetune.models.ltxvideo2.flow import first_frame_mask, noisy_and_target, sample_sigmas
-from cinetune.objectives import FlowState, LossStream, ModelInputs, sample_latents, with_clean_tokens
+from cinetune.objectives import (
+    FlowState,
+    LossStream,
+    ModelInputs,
+    sample_latents,
+    to_device,
+    with_clean_tokens,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -541,19 +548,19 @@ class LTX2Family(ModelFamily):
         if "audio_latents" in batch.tensors:
             a0 = batch.tensors["audio_latents"]
             audio = AudioInputs(
-                latents=a0.to(device),
-                noise=torch.randn(a0.shape, generator=generator).to(device),
-                sigmas=sample_sigmas(batch_size, a0.shape[1], sigma_sampler, generator).to(device),
-                mask=batch.tensors["audio_mask"].to(device) > 0.5,
+                latents=to_device(a0, device),
+                noise=to_device(torch.randn(a0.shape, generator=generator), device),
+                sigmas=to_device(sample_sigmas(batch_size, a0.shape[1], sigma_sampler, generator), device),
+                mask=to_device(batch.tensors["audio_mask"], device) > 0.5,
             )
         inputs = self.prepare_inputs(
-            x0.to(device),
-            noise.to(device),
-            sigmas.to(device),
+            to_device(x0, device),
+            to_device(noise, device),
+            to_device(sigmas, device),
             batch.text,
             batch.frame_rate,
             dtype,
-            first_frame=first.to(device) if bool(first.any()) else None,
+            first_frame=to_device(first, device) if bool(first.any()) else None,
             audio=audio,
             audio_channels=model_config.audio_in_channels,
         )

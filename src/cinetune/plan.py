@@ -22,6 +22,7 @@ from typing import Any
 
 from cinetune.config import DataBackendConfig, DatasetConfig, LoadedConfig, TrainConfig
 from cinetune.errors import ConfigError
+from cinetune.memory.rules import check_memory
 from cinetune.models.base import Flavour, ModelFamily
 from cinetune.models.registry import build_family
 
@@ -69,6 +70,7 @@ def resolve(loaded: LoadedConfig) -> RunPlan:
         family = build_family(train.model_family, train.model_flavour, train.pretrained_model_name_or_path)
         flavour = family.flavours[family.loader.flavour]
         resolved: dict[str, Any] = dict(family.configure(train))
+        check_memory(train, family)
         if data is not None:
             _check_datasets(train, data, family)
             family.configure_datasets(data)

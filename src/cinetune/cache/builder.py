@@ -13,11 +13,14 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from cinetune.cache.store import TensorCache, cache_key
 from cinetune.data import Sample, load_pixels
+from cinetune.memory import prepare_encoder
+from cinetune.memory.vae import apply_vae_memory
 from cinetune.models.base import ModelFamily
 
 logger = logging.getLogger(__name__)
@@ -61,8 +64,10 @@ class CacheBuilder:
         max_sequence_length: int,
         text_batch_size: int = 16,
         progress: Callable[[str, int], Iterable] | None = None,
+        cfg: Any | None = None,
     ) -> None:
         self.family = family
+        self.cfg = cfg  # the memory keys (quantized encoders, offload, VAE options); None: none of them
         self.index = CacheIndex(TensorCache(text_root), {k: TensorCache(v) for k, v in latent_roots.items()})
         self.device = device
         self.dtype = dtype
@@ -81,6 +86,7 @@ class CacheBuilder:
                 "family": self.family.name,
                 "max_len": self.max_sequence_length,
                 "dtype": self._dtype_name,
+                **self._changes("text_encoder_1_precision", "text_encoder_2_precision"),
             }
         )
 
@@ -100,8 +106,14 @@ class CacheBuilder:
                 "vae": self.family.component_identity("vae"),
                 "dtype": self._dtype_name,
                 **self.family.latent_key_fields(sample),
+                **self._changes("vae_enable_tiling"),  # tiles blend at the seams; the others keep the latents
             }
         )
+
+    def _changes(self, *keys: str) -> dict[str, Any]:
+        """Memory keys that change what an encoder produces, when set (absent ones keep existing keys)."""
+        values = {k: getattr(self.cfg, k) for k in keys} if self.cfg is not None else {}
+        return {k: v for k, v in values.items() if v not in ("no_change", False)}
 
     # ---- phases --------------------------------------------------------------------------------------------
     def build(self, samples: list[Sample], extra_prompts: Iterable[str] = ()) -> CacheIndex:
@@ -120,7 +132,7 @@ class CacheBuilder:
             return
         start = time.perf_counter()
         tokenizer, encoder = self.family.load_text_encoder(self.dtype)
-        encoder.requires_grad_(False).eval().to(self.device)
+        encoder = prepare_encoder(encoder, self.cfg, self.device, self.family.text_encoder_parts(encoder))
         bar = self.progress("text embeddings", len(missing))
         for i in range(0, len(missing), self.text_batch_size):
             chunk = missing[i : i + self.text_batch_size]
@@ -156,8 +168,9 @@ class CacheBuilder:
         start = time.perf_counter()
         frames = 0
         encoders = self.family.load_latent_encoders(self.dtype)  # the VAE, and e.g. an audio VAE
-        for encoder in encoders.values():
-            encoder.requires_grad_(False).eval().to(self.device)
+        encoders["vae"] = apply_vae_memory(encoders["vae"], self.cfg)
+        for name, encoder in encoders.items():
+            encoders[name] = prepare_encoder(encoder, self.cfg, self.device)
         bar = self.progress("video latents", len(todo))
         for i, window, key in todo:
             sample = samples[i]

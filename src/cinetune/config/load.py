@@ -12,41 +12,34 @@ import tomllib
 from pydantic import BaseModel, ValidationError
 
 from cinetune.config.dataset import AudioOptions, DataBackendConfig, DatasetConfig, VideoOptions
+from cinetune.config.memory import QUANTIZED_PRECISIONS
 from cinetune.config.train import TrainConfig
 from cinetune.errors import ConfigError, NotSupportedYet
 
 # Keys the well-known quickstarts use for features not built yet: rejected, never ignored.
 NOT_SUPPORTED_YET: dict[str, str] = {
-    "enable_group_offload": "group offload",
-    "group_offload_type": "group offload",
-    "group_offload_blocks_per_group": "group offload",
-    "group_offload_use_stream": "group offload",
-    "group_offload_to_disk_path": "group offload",
-    "enable_block_swap": "block swap",
-    "musubi_blocks_to_swap": "block swap",
-    "blocks_to_swap": "block swap",
+    "enable_block_swap": "block swap under this name (use musubi_blocks_to_swap)",
+    "blocks_to_swap": "block swap under this name (use musubi_blocks_to_swap)",
+    "context_parallel_size": "context parallelism",
+    "context_parallel_comm_strategy": "context parallelism",
     "tread_config": "TREAD token routing",
     "crepa_enabled": "CREPA",
     "crepa_config": "CREPA",
-    "quantize_via": "quantization",
     "quantize_activations": "quantization",
-    "text_encoder_1_precision": "text-encoder quantization",
     "fuse_qkv_projections": "fused QKV projections",
     "use_ema": "EMA",
     "ema_decay": "EMA",
-    "fsdp_enable": "FSDP2 sharding",
-    "fsdp_version": "FSDP2 sharding",
     "deepspeed_config": "DeepSpeed",
+    "fsdp_enable": "FSDP2 sharding",
+    "num_machines": "multi-node training",
+    "machine_rank": "multi-node training",
+    "main_process_ip": "multi-node training",
     "push_to_hub": "pushing to the hub",
     "hub_model_id": "pushing to the hub",
     "lycoris_config": "LyCORIS",
     "controlnet": "ControlNet",
     "conditioning_data": "conditioning datasets",
-    "vae_enable_temporal_roll": "VAE temporal roll",
-    "vae_enable_slicing": "VAE slicing",
     "vae_batch_size": "batched VAE caching",
-    "musubi_block_swap_device": "block swap",
-    "text_encoder_2_precision": "text-encoder quantization",
     "use_dora": "DoRA",
     "ramtorch": "RamTorch offload",
 }
@@ -56,12 +49,16 @@ NOT_SUPPORTED_PREFIXES: dict[str, str] = {
     "scheduled_sampling_": "scheduled sampling",
     "ema_": "EMA",
     "fsdp_": "FSDP2 sharding",
-    "group_offload_": "group offload",
     "tread_": "TREAD token routing",
 }
-# Values the quickstarts use for features not built yet: key -> {value prefix/suffix test, what it is}.
+# Values the quickstarts use for features not built yet: key -> {value prefix/suffix test, what it is}. A
+# value the schema accepts (int8-quanto...) is built; others with these markers (int8dq-torchao...) are not.
+_QUANTIZED = (("-quanto", "-torchao", "-bnb", "-sdnq", "-native", "-transformerengine"), "this quantization")
 _NOT_SUPPORTED_VALUES: dict[str, tuple[tuple[str, ...], str]] = {
-    "base_model_precision": (("-quanto", "-torchao", "-bnb"), "quantized base model weights"),
+    "base_model_precision": _QUANTIZED,
+    "text_encoder_1_precision": _QUANTIZED,
+    "text_encoder_2_precision": _QUANTIZED,
+    "quantize_via": (("pipeline",), "quantizing through the diffusers pipeline"),
     "lora_type": (("lycoris",), "LyCORIS adapters (LoKr / LoHa)"),
 }
 # Older and newer spellings of the same key (SimpleTuner renamed these): alias -> key.
@@ -146,14 +143,14 @@ def _apply_aliases(raw: dict[str, Any], where: str) -> dict[str, Any]:
     return out
 
 
-def _not_supported(key: str, value: Any) -> str | None:
+def _not_supported(key: str, value: Any, valid: list[str]) -> str | None:
     """What a key (or its value) asks for when that feature is not built yet, else None."""
     if key in NOT_SUPPORTED_YET:
         return NOT_SUPPORTED_YET[key]
-    prefix = next((p for p in NOT_SUPPORTED_PREFIXES if key.startswith(p)), None)
+    prefix = next((p for p in NOT_SUPPORTED_PREFIXES if key.startswith(p) and key not in valid), None)
     if prefix is not None:
         return NOT_SUPPORTED_PREFIXES[prefix]
-    if key in _NOT_SUPPORTED_VALUES and isinstance(value, str):
+    if key in _NOT_SUPPORTED_VALUES and isinstance(value, str) and value not in QUANTIZED_PRECISIONS:
         markers, what = _NOT_SUPPORTED_VALUES[key]
         if any(value == m or value.endswith(m) for m in markers):
             return what
@@ -163,7 +160,7 @@ def _not_supported(key: str, value: Any) -> str | None:
 def _check_keys(raw: dict[str, Any], model: type[BaseModel], where: str) -> None:
     valid = list(model.model_fields)
     for key, value in raw.items():
-        feature = _not_supported(key, value)
+        feature = _not_supported(key, value, valid)
         if feature is not None:
             shown = f"'{key}'" if key not in valid else f"{key}={value!r}"
             raise NotSupportedYet(

@@ -22,6 +22,8 @@ from cinetune.cache.builder import CacheBuilder, CacheIndex
 from cinetune.data import SkipReport, scan_datasets
 from cinetune.errors import ConfigError
 from cinetune.export.lora import COMFYUI_FILE, save_diffusers_lora
+from cinetune.memory import frozen_dtype, prepare_base_weights, prepare_for_training
+from cinetune.memory.vae import apply_vae_memory
 from cinetune.plan import RunPlan, resolve_checkpoint
 from cinetune.training.batches import Batch, load_batch
 from cinetune.training.checkpoint import Checkpointer
@@ -78,11 +80,7 @@ class Trainer:
         self.acc = accelerator or make_accelerator(self.cfg)
         self.device = self.acc.device
         self.dtype = _DTYPES[self.acc.mixed_precision]
-        self.weight_dtype = (
-            self.dtype
-            if self.cfg.base_model_precision == "no_change"
-            else _DTYPES[self.cfg.base_model_precision]
-        )
+        self.weight_dtype = frozen_dtype(self.cfg, self.dtype)
         self.output_dir = Path(self.cfg.output_dir)
         self.report = SkipReport()
         self.state = TrainState(
@@ -148,6 +146,7 @@ class Trainer:
             dtype=self.weight_dtype,
             max_sequence_length=self.max_sequence_length,
             text_batch_size=embeds.write_batch_size if embeds else 16,
+            cfg=self.cfg,
         )
         extra = set(self.prompts.values()) | {self.cfg.validation_negative_prompt}
         # The main process builds what is missing; the others then find every entry on disk.
@@ -185,6 +184,7 @@ class Trainer:
         """
         cfg = self.cfg
         transformer.requires_grad_(False)
+        prepare_base_weights(transformer, self.plan, self.device)  # quantized frozen weights, before LoRA
         targets = cfg.lora_target_modules
         self.lora_config = LoraConfig(
             r=cfg.lora_rank,
@@ -210,7 +210,7 @@ class Trainer:
         transformer.train()
         optimizer = build_optimizer(params, cfg)
         self.scheduler = build_scheduler(optimizer, cfg, total_steps)
-        self.model, self.optimizer = self.acc.prepare(transformer, optimizer)
+        self.model, self.optimizer = prepare_for_training(self.acc, transformer, optimizer, self.plan)
         self.params = params
 
     def _make_validator(self) -> Validator | None:
@@ -222,7 +222,7 @@ class Trainer:
                 "offload_during_startup changes nothing on this run: it trains on the CPU, where the "
                 "validation VAE lives anyway"
             )
-        vae = self.family.load_vae(self.weight_dtype).requires_grad_(False).eval()
+        vae = apply_vae_memory(self.family.load_vae(self.weight_dtype), cfg).requires_grad_(False).eval()
         vae.to("cpu" if cfg.offload_during_startup else self.device)
         return Validator(
             self.family,

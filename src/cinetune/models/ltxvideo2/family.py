@@ -148,6 +148,8 @@ class LTX2Family(ModelFamily):
     pipeline_class: ClassVar[type] = LibraryClass("diffusers.LTX2Pipeline")
     transformer_class: ClassVar[type] = LibraryClass("diffusers.LTX2VideoTransformer3DModel")
     latent_compression: ClassVar[tuple[int, int]] = (8, 32)
+    vae_class_name: ClassVar[str] = "AutoencoderKLLTX2Video"
+    text_encoders: ClassVar[dict[str, str]] = {"text_encoder_1": "gemma"}  # PromptEncoder.gemma
     comfyui_renames: ClassVar[dict[str, str]] = TRANSFORMER_RENAMES
     run_options: ClassVar[frozenset[str]] = frozenset(
         {"first_frame_conditioning_p", "ltx2_checkpoint_filename"}
@@ -280,7 +282,7 @@ class LTX2Family(ModelFamily):
         return tokenizer, text_module.make_prompt_encoder(gemma.eval(), connectors)
 
     def load_vae(self, dtype: torch.dtype) -> torch.nn.Module:
-        return self._load(library_class("diffusers.AutoencoderKLLTX2Video"), "vae", dtype)
+        return self._load(library_class(f"diffusers.{self.vae_class_name}"), "vae", dtype)
 
     def load_audio_vae(self, dtype: torch.dtype) -> torch.nn.Module:
         return self._load(library_class(_AUDIO_VAE), "audio_vae", dtype)
@@ -463,8 +465,10 @@ class LTX2Family(ModelFamily):
         noisy, target, timestep = noisy_and_target(
             pack_latents(latents), pack_latents(noise), sigmas, first_frame
         )
-        if first_frame is None or not bool(first_frame.any()):
-            timestep = sigmas * 1000.0  # one value per sample: the same as per-token, cheaper
+        # one value per sample when no token is clean: the same as per-token, cheaper (on the meta device,
+        # where the memory planner runs this, values are unknown: per-token, the costlier case)
+        if first_frame is None or (first_frame.device.type != "meta" and not bool(first_frame.any())):
+            timestep = sigmas * 1000.0
         video_ctx, audio_ctx, ctx_mask = text_module.run_connectors(self.connectors(device, dtype), text)
         if audio is not None:
             audio_in, audio_target, _ = noisy_and_target(audio.latents, audio.noise, audio.sigmas)

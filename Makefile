@@ -13,6 +13,8 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PY) -m pip install -q -c constraints.txt --no-deps -e .
 	# ltx-core: the official LTX-2 modules, for tests that cross-check our converter (its deps pull torchaudio)
 	$(PY) -m pip install -q -c constraints.txt --no-deps ltx-core==1.0.0
+	# PySceneDetect (cinetune prep split) declares the GUI opencv-python: installed beside the headless build
+	$(PY) -m pip install -q -c constraints.txt --no-deps scenedetect==0.7.2
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -37,7 +37,7 @@ from cinetune.config import AudioOptions, DatasetConfig, TrainConfig, VideoOptio
 from cinetune.data import SkipReport, load_pixels, scan_datasets, write_video
 from cinetune.data.audio import tone
 from cinetune.demo import synthetic_clip
-from cinetune.errors import CinetuneError, DataError, NotSupportedYet
+from cinetune.errors import CinetuneError, DataError, NotSupportedYet, TrainingDiverged
 from cinetune.plan import RunPlan, resolve
 from cinetune.training.trainer import Trainer
 from cinetune.training.validation import condition_images
@@ -510,6 +510,29 @@ def probe_max_grad_norm(w: World) -> None:
     assert clipped_moved < 0.01 * moved  # gradients clipped to 1e-12 hardly move AdamW (eps 1e-8)
 
 
+def probe_max_nonfinite_steps(w: World) -> None:
+    def stops_after(**kw: Any) -> int:
+        """Steps fed a NaN batch until the run would stop (TrainingDiverged, exit code 3)."""
+        trainer = w.trainer(**kw)
+        batch = w.batch(trainer)
+        batch.tensors["latents"][0, 0, 0, 0, 0] = float("nan")
+        for step in range(1, 10):
+            trainer.optimizer_step([batch])
+            try:
+                trainer.guard.raise_if_diverged(step)
+            except TrainingDiverged as exc:
+                assert (
+                    exc.exit_code == 3
+                    and f"max_nonfinite_steps: {trainer.cfg.max_nonfinite_steps}" in str(exc)
+                )
+                return step
+        return 0
+
+    assert stops_after() == 5
+    assert stops_after(max_nonfinite_steps=2) == 2
+    _rejected(lambda: w.plan(max_nonfinite_steps=0), "max_nonfinite_steps")
+
+
 def probe_mixed_precision(w: World) -> None:
     bf16 = Trainer(w.plan(mixed_precision=UNSET))
     assert (bf16.dtype, bf16.acc.mixed_precision) == (torch.bfloat16, "bf16")
@@ -929,12 +952,21 @@ def probe_compile_transformer_blocks(w: World) -> None:
 def probe_num_processes(w: World) -> None:
     assert "2 step(s) per epoch" in _schedule(w.check())
     assert "1 step(s) per epoch" in _schedule(w.check(num_processes=2))  # batches are dealt to 2 ranks
-    launched: list[list[str]] = []
+    launched: list[tuple[list[str], dict[str, str]]] = []
+
+    class Launched:  # what `cinetune train` would run, not run
+        def __init__(self, cmd: list[str], env: dict[str, str]) -> None:
+            launched.append((cmd, env))
+
+        def wait(self) -> int:
+            return 0
+
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(cli.subprocess, "call", lambda cmd: launched.append(cmd) or 0)
+        patch.setattr(cli.subprocess, "Popen", Launched)
         assert cli.main(["train", "--config", str(w.write(num_processes=2))]) == 0
-    (cmd,) = launched  # what `cinetune train` would run, not run
+    ((cmd, env),) = launched
     assert cmd[1:4] == ["-m", "torch.distributed.run", "--standalone"] and "--nproc_per_node=2" in cmd
+    assert "CINETUNE_RUN_LOCK" in env  # the ranks share the launcher's lock of the output folder
 
 
 def probe_cpu(w: World) -> None:
@@ -1292,6 +1324,7 @@ TRAIN_KEYS: dict[str, Any] = {
     "num_train_epochs": probe_num_train_epochs,
     "gradient_accumulation_steps": probe_gradient_accumulation_steps,
     "max_grad_norm": probe_max_grad_norm,
+    "max_nonfinite_steps": probe_max_nonfinite_steps,
     "mixed_precision": probe_mixed_precision,
     "gradient_checkpointing": probe_gradient_checkpointing,
     "gradient_checkpointing_interval": probe_gradient_checkpointing_interval,

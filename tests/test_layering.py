@@ -1,8 +1,8 @@
 """The package's layers import downwards only (docs/ARCHITECTURE.md), so no import cycle joins them.
 
-Low to high: errors < config < objectives < data < export < models < memory < cache < plan < training <
-benchmark < prep < check < demo < cli < server. A module may import its own layer and the layers below it;
-the CLI and the web server are leaves nothing imports.
+Low to high: faults < errors < config < objectives < data < export < models < memory < cache < plan <
+training < benchmark < prep < check < demo < cli < server. A module may import its own layer and the layers
+below it; the CLI and the web server are leaves nothing imports.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "cinetune"
 LAYERS = (
+    "faults",
     "errors",
     "config",
     "objectives",

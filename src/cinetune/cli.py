@@ -1,4 +1,8 @@
-"""`cinetune` command line: train, cache, check, export, demo. Errors a user can fix exit with code 2."""
+"""`cinetune` command line: train, cache, check, export, demo, bench, prep.
+
+Exit codes: 0 done; 2 an error the user can fix (config, data, a locked or full output folder, a damaged
+checkpoint); 3 training diverged (non-finite steps); 130 / 143 stopped by SIGINT / SIGTERM, resumable.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
 
-from cinetune.errors import CinetuneError, ConfigError
+from cinetune.errors import CinetuneError, ConfigError, RunStopped
 
 console = Console(stderr=False)
 _DEFAULT_CONFIGS = (Path("config/config.json"), Path("config/config.toml"))
@@ -55,8 +59,11 @@ def _plan(args: argparse.Namespace, extra: list[str]):
     return resolve(load_config(path, overrides))
 
 
-def _launch_distributed(args: argparse.Namespace, extra: list[str], num_processes: int) -> int:
-    """Re-run this command under torchrun with N processes (DDP through accelerate)."""
+def _launch_distributed(
+    args: argparse.Namespace, extra: list[str], num_processes: int, env: dict[str, str]
+) -> int:
+    """Re-run this command under torchrun with N processes (DDP through accelerate), which share this
+    process's run lock (`env`)."""
     cmd = [
         sys.executable,
         "-m",
@@ -71,20 +78,29 @@ def _launch_distributed(args: argparse.Namespace, extra: list[str], num_processe
         cmd += ["--config", args.config]
     cmd += [*extra, f"--num_processes={num_processes}"]
     console.print(f"launching {num_processes} processes: {' '.join(cmd)}")
-    return subprocess.call(cmd)
+    proc = subprocess.Popen(cmd, env=env)
+    while True:
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:  # the ranks got Ctrl-C too (same process group): wait for their clean stop
+            continue
 
 
 def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
-    plan = _plan(args, extra)  # a bad config stops here, before N processes start
-    if plan.train.num_processes > 1 and "WORLD_SIZE" not in os.environ:
-        return _launch_distributed(args, extra, plan.train.num_processes)
-    from cinetune.training.trainer import Trainer
+    from cinetune.training.lock import launched_env, run_lock
 
-    trainer = Trainer(plan)
-    _snapshot_config(plan, trainer.acc.is_main_process)
-    result = trainer.run()
-    if trainer.acc.is_main_process:
-        _print_outputs(result, plan.train.output_dir)
+    plan = _plan(args, extra)  # a bad config stops here, before N processes start
+    out = plan.train.output_dir
+    with run_lock(out):  # before anything is written into the output folder
+        if plan.train.num_processes > 1 and "WORLD_SIZE" not in os.environ:
+            return _launch_distributed(args, extra, plan.train.num_processes, launched_env(out))
+        from cinetune.training.trainer import Trainer
+
+        trainer = Trainer(plan)
+        _snapshot_config(plan, trainer.acc.is_main_process)
+        result = trainer.run()
+        if trainer.acc.is_main_process:
+            _print_outputs(result, out)
     return 0
 
 
@@ -112,12 +128,17 @@ def _print_outputs(result: dict[str, Any], output_dir: Path) -> None:
 
 
 def cmd_cache(args: argparse.Namespace, extra: list[str]) -> int:
+    from cinetune.errors import disk_errors
+    from cinetune.training.lock import run_lock
     from cinetune.training.trainer import Trainer
 
-    trainer = Trainer(_plan(args, extra))
-    trainer.cfg.output_dir.mkdir(parents=True, exist_ok=True)
-    trainer.scan()
-    index = trainer.cache()
+    plan = _plan(args, extra)
+    out = plan.train.output_dir
+    with run_lock(out), disk_errors(out, "the cache"):
+        trainer = Trainer(plan)
+        with trainer.stop.handling_signals():
+            trainer.scan()
+            index = trainer.cache()
     console.print(
         f"cache ready: {len(index.caption_keys)} captions, {len(index.latent_keys)} latents "
         f"({json.dumps({k: round(v, 3) for k, v in index.stats.items()})})"
@@ -160,8 +181,10 @@ def cmd_export(args: argparse.Namespace, extra: list[str]) -> int:
 
 def cmd_demo(args: argparse.Namespace, extra: list[str]) -> int:
     from cinetune.demo import run_demo
+    from cinetune.training.lock import run_lock
 
-    result = run_demo(Path(args.output_dir), extra)
+    with run_lock(Path(args.output_dir) / "output"):
+        result = run_demo(Path(args.output_dir), extra)
     _print_outputs(result, Path(args.output_dir) / "output")
     return 0
 
@@ -275,6 +298,16 @@ def cmd_keys(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def cmd_prep(args: argparse.Namespace, extra: list[str]) -> int:
+    from cinetune.check import check_report
+    from cinetune.prep.command import run_prep
+
+    def snapshot(plan: Any) -> None:
+        _snapshot_config(plan, True)
+
+    return run_prep(args, extra, console, check=check_report, after_plan=snapshot)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cinetune", description="Fine-tune video diffusion models on your clips."
@@ -330,6 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audio", action="store_true", help="LTX-2: train audio too")
     p = sub.add_parser("demo", help="train a tiny model on built-in synthetic clips")
     p.add_argument("--output_dir", default="demo_output")
+    from cinetune.prep.command import add_prep_parser  # argparse only: no heavy import
+
+    add_prep_parser(sub)
     return parser
 
 
@@ -342,17 +378,29 @@ COMMANDS = {
     "keys": cmd_keys,
     "bench": cmd_bench,
     "plan": cmd_plan,
+    "prep": cmd_prep,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     args, extra = build_parser().parse_known_args(argv)
     _setup_logging(args.verbose)
+    err = Console(stderr=True, soft_wrap=True)
     try:
         return COMMANDS[args.command](args, extra)
-    except CinetuneError as exc:
-        Console(stderr=True, soft_wrap=True).print(f"[bold red]error[/]: {escape(str(exc))}", highlight=False)
+    except RunStopped as exc:
+        err.print(f"[bold yellow]stopped[/]: {escape(str(exc))}", highlight=False)
         return exc.exit_code
+    except CinetuneError as exc:
+        err.print(f"[bold red]error[/]: {escape(str(exc))}", highlight=False)
+        return exc.exit_code
+    except KeyboardInterrupt as exc:  # a second Ctrl-C / SIGTERM (training/signals.py), or one outside a run
+        err.print(
+            "[bold yellow]stopped at once[/]: checkpoints and cache entries already written are intact "
+            "(resume_from_checkpoint: latest continues from the last checkpoint)",
+            highlight=False,
+        )
+        return getattr(exc, "exit_code", 130)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from typing import Any
 
 from cinetune.config import DataBackendConfig, DatasetConfig, LoadedConfig, TrainConfig
 from cinetune.errors import ConfigError
+from cinetune.export.manifest import verify_manifest
 from cinetune.memory.rules import check_memory
 from cinetune.models.base import Flavour, ModelFamily
 from cinetune.models.registry import build_family
@@ -226,12 +227,12 @@ def list_checkpoints(output_dir: Path) -> list[Path]:
 
 
 def resolve_checkpoint(output_dir: Path, spec: str | None) -> Path | None:
-    """'latest' -> newest checkpoint (None if there is none yet); a path -> that folder, which must exist."""
+    """'latest' -> the newest checkpoint whose manifest verifies (None if there is none yet); a path -> that
+    folder, which must be an intact checkpoint. A damaged one is a ConfigError that says why."""
     if not spec:
         return None
     if spec == "latest":
-        found = list_checkpoints(output_dir)
-        return found[-1] if found else None
+        return _latest_intact(Path(output_dir))
     path = Path(spec)
     if not path.is_absolute() and not path.exists():
         path = Path(output_dir) / spec
@@ -239,7 +240,35 @@ def resolve_checkpoint(output_dir: Path, spec: str | None) -> Path | None:
         raise ConfigError(
             f"resume_from_checkpoint: '{spec}' is not a checkpoint folder (no state.json in {path})"
         )
+    reason = verify_manifest(path)
+    if reason is not None:
+        raise ConfigError(
+            f"resume_from_checkpoint: {path} is damaged: {reason}. Resume from another checkpoint "
+            "('latest' picks the newest intact one)"
+        )
     return path
+
+
+_told: set[tuple[str, str]] = set()
+
+
+def _latest_intact(output_dir: Path) -> Path | None:
+    found = list_checkpoints(output_dir)
+    skipped = []
+    for path in reversed(found):
+        reason = verify_manifest(path)
+        if reason is None:
+            return path
+        skipped.append(f"{path.name}: {reason}")
+        if (str(path), reason) not in _told:  # resolve runs at check time and again when training starts
+            _told.add((str(path), reason))
+            logger.warning("resume_from_checkpoint latest: skipping %s: %s", path, reason)
+    if found:
+        raise ConfigError(
+            f"resume_from_checkpoint: latest: no intact checkpoint in {output_dir} ({'; '.join(skipped)}). "
+            "Move the damaged folders away to start from step 0"
+        )
+    return None
 
 
 class _WarningList(logging.Handler):

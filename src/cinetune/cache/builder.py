@@ -2,7 +2,8 @@
 
 Keys cover everything an entry depends on (source file path/size/mtime, frame window, fps, bucket, crop, model
 and VAE identity, dtype), so a changed config never reuses a stale entry; entries already on disk are skipped,
-so an interrupted build resumes where it stopped.
+so an interrupted build resumes where it stopped. An entry on disk is read and checked before it is trusted:
+a truncated or corrupted one is reported and built again.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import torch
 
 from cinetune.cache.store import TensorCache, cache_key
 from cinetune.data import Sample, load_pixels
+from cinetune.errors import RunStopped, disk_error
+from cinetune.faults import fault_point
 from cinetune.memory import prepare_encoder
 from cinetune.memory.vae import apply_vae_memory
 from cinetune.models.base import ModelFamily
@@ -35,6 +38,7 @@ class CacheIndex:
     caption_keys: dict[str, str] = field(default_factory=dict)
     latent_keys: dict[tuple[int, int], str] = field(default_factory=dict)
     stats: dict[str, float] = field(default_factory=dict)
+    damaged: list[str] = field(default_factory=list)  # entries found damaged, set aside and rebuilt
 
     def text_embeds(self, caption: str) -> dict[str, torch.Tensor]:
         return self.text.load(self.caption_keys[caption])
@@ -64,6 +68,7 @@ class CacheBuilder:
         max_sequence_length: int,
         text_batch_size: int = 16,
         progress: Callable[[str, int], Iterable] | None = None,
+        stop_signal: Callable[[], int | None] | None = None,
         cfg: Any | None = None,
     ) -> None:
         self.family = family
@@ -74,6 +79,7 @@ class CacheBuilder:
         self.max_sequence_length = max_sequence_length
         self.text_batch_size = text_batch_size
         self.progress = progress or (lambda _label, _total: None)
+        self.stop_signal = stop_signal or (lambda: None)  # a signal number once Ctrl-C / SIGTERM arrived
         self._dtype_name = str(dtype).removeprefix("torch.")
 
     # ---- keys ----------------------------------------------------------------------------------------------
@@ -120,12 +126,13 @@ class CacheBuilder:
         captions = sorted({c for s in samples for c in s.captions} | {""} | set(extra_prompts))
         self.build_text(captions)
         self.build_latents(samples)
+        self.index.stats["damaged_rebuilt"] = len(self.index.damaged)
         return self.index
 
     def build_text(self, captions: list[str]) -> None:
         keys = {c: self.text_key(c) for c in captions}
         self.index.caption_keys.update(keys)
-        missing = [c for c in captions if not self.index.text.has(keys[c])]
+        missing = [c for c in captions if not self._usable(self.index.text, keys[c], "text")]
         self.index.stats["text_entries"] = len(captions)
         self.index.stats["text_encoded"] = len(missing)
         if not missing:
@@ -136,16 +143,16 @@ class CacheBuilder:
         bar = self.progress("text embeddings", len(missing))
         for i in range(0, len(missing), self.text_batch_size):
             chunk = missing[i : i + self.text_batch_size]
-            for caption, tensors in zip(
+            self._stop_point("text embeddings", len(missing) - i)
+            for caption, encoded in zip(
                 chunk,
                 self.family.encode_text(tokenizer, encoder, chunk, self.max_sequence_length),
                 strict=True,
             ):
-                self.index.text.save(
-                    keys[caption],
-                    {k: v.to(self.dtype) for k, v in tensors.items()},
-                    {"caption": caption[:2000]},
-                )
+                tensors = {k: v.to(self.dtype) for k, v in encoded.items()}
+                meta = {"caption": caption[:2000]}
+                self._save(self.index.text, keys[caption], tensors, meta, "text", len(missing) - i)
+                fault_point("cache.text")
             if bar is not None:
                 bar(len(chunk))
         encoder.cpu()
@@ -159,7 +166,7 @@ class CacheBuilder:
             for window in range(len(sample.window_starts)):
                 key = self.latent_key(sample, window)
                 self.index.latent_keys[(i, window)] = key
-                if not self.index.latents[sample.dataset_id].has(key):
+                if not self._usable(self.index.latents[sample.dataset_id], key, "latent"):
                     todo.append((i, window, key))
         self.index.stats["latent_entries"] = len(self.index.latent_keys)
         self.index.stats["latent_encoded"] = len(todo)
@@ -172,7 +179,8 @@ class CacheBuilder:
         for name, encoder in encoders.items():
             encoders[name] = prepare_encoder(encoder, self.cfg, self.device)
         bar = self.progress("video latents", len(todo))
-        for i, window, key in todo:
+        for done, (i, window, key) in enumerate(todo):
+            self._stop_point("video latents", len(todo) - done)
             sample = samples[i]
             pixels = load_pixels(sample, window)
             frames += pixels.shape[1]
@@ -182,9 +190,9 @@ class CacheBuilder:
                 "start": str(sample.window_starts[window]),
                 "bucket": sample.bucket.key,
             }
-            self.index.latents[sample.dataset_id].save(
-                key, {k: v.to(self.dtype) for k, v in tensors.items()}, meta
-            )
+            tensors = {k: v.to(self.dtype) for k, v in tensors.items()}
+            self._save(self.index.latents[sample.dataset_id], key, tensors, meta, "latent", len(todo) - done)
+            fault_point("cache.latent")
             if bar is not None:
                 bar(1)
         for encoder in encoders.values():
@@ -193,3 +201,45 @@ class CacheBuilder:
         _collect()
         seconds = time.perf_counter() - start
         self.index.stats.update(latent_seconds=seconds, latent_frames=frames)
+
+    # ---- integrity, stops and full disks -------------------------------------------------------------------
+    def _usable(self, cache: TensorCache, key: str, kind: str) -> bool:
+        """Whether an entry exists and reads back whole; a damaged one is reported, set aside and rebuilt."""
+        if not cache.has(key):
+            return False
+        reason = cache.damaged(key)
+        if reason is None:
+            return True
+        aside = cache.set_aside(key)
+        logger.warning("%s cache entry %s is damaged (%s): rebuilding it", kind, cache.path(key), reason)
+        self.index.damaged.append(f"{aside} ({reason})")
+        return False
+
+    def _save(
+        self,
+        cache: TensorCache,
+        key: str,
+        tensors: dict[str, torch.Tensor],
+        meta: dict[str, str],
+        kind: str,
+        remaining: int = 1,
+    ) -> None:
+        try:
+            cache.save(key, tensors, meta)
+        except OSError as exc:
+            # what this entry and the ones after it need, at this entry's size
+            need = remaining * sum(t.numel() * t.element_size() for t in tensors.values())
+            error = disk_error(exc, cache.root, f"the {kind} cache", need)
+            if error is None:
+                raise
+            raise error from exc
+
+    def _stop_point(self, label: str, remaining: int) -> None:
+        """Between two entries: a requested stop ends the build here; every entry written stays valid."""
+        signum = self.stop_signal()
+        if signum is not None:
+            raise RunStopped(
+                f"stopped while caching {label} ({remaining} still to encode); the entries written are "
+                "kept and the next run encodes only what is missing",
+                signum,
+            )

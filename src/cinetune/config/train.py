@@ -86,6 +86,13 @@ class TrainConfig(MemoryOptions):
     )
     gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm; 0 disables clipping.")
+    max_nonfinite_steps: int = Field(
+        5,
+        ge=1,
+        description="An optimizer step whose loss or gradient is NaN/inf is skipped (no update, logged); "
+        "this many in a row stop the run with exit code 3, naming the last good checkpoint. fp16: the "
+        "GradScaler skips overflowing gradients itself; only a non-finite loss counts.",
+    )
     mixed_precision: Precision = Field("bf16", description="Compute dtype: bf16, fp16 or no/fp32.")
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in backward to save memory."

@@ -48,7 +48,9 @@ def extract_audio(
         if begin > _SEEK_MARGIN_SECONDS + origin:
             target = begin - _SEEK_MARGIN_SECONDS
             container.seek(int(target / stream.time_base), stream=stream, backward=True)
-        first_time, decoded = _decode_resampled(container, stream, sample_rate, channels)
+        # decoding stops past the span's end: a clip cut from a long recording decodes only its own span
+        until = begin + duration_seconds + _SEEK_MARGIN_SECONDS
+        first_time, decoded = _decode_resampled(container, stream, sample_rate, channels, until)
     out = np.zeros((channels, num), dtype=np.float32)
     if decoded.shape[1] == 0:
         return AudioSpan(out, sample_rate, 0)
@@ -76,11 +78,15 @@ def _decode_resampled(
     stream: av.audio.stream.AudioStream,
     sample_rate: int,
     channels: int,
+    until: float | None = None,
 ) -> tuple[float, np.ndarray]:
-    """All audio from the current position, resampled: (time of the first sample, (channels, n) array)."""
+    """Audio from the current position to `until` seconds (None: the end), resampled: (time of the first
+    sample, (channels, n) array)."""
     resampler = av.AudioResampler(format="fltp", layout=_LAYOUTS[channels], rate=sample_rate)
     chunks, first_time = [], None
     for frame in container.decode(stream):
+        if until is not None and frame.time is not None and frame.time > until:
+            break
         if first_time is None:
             first_time = float(frame.time) if frame.time is not None else 0.0
         chunks.extend(out.to_ndarray() for out in resampler.resample(frame))

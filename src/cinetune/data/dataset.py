@@ -31,6 +31,7 @@ from cinetune.data.video_io import (
     resampled_length,
 )
 from cinetune.errors import DataError
+from cinetune.faults import fault_point
 
 logger = logging.getLogger(__name__)
 
@@ -153,6 +154,7 @@ def _scan_dataset(
     ctx = _ScanContext(ds, rule, frame_rate, target_frames(ds, rule, requested), seed, links)
     samples = []
     for path in files:
+        fault_point("scan.file")
         if path in reasons:
             report.add(path, reasons[path], ds.id)
             continue

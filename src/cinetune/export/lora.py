@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from cinetune.errors import ConfigError
+from cinetune.faults import fault_point
 
 logger = logging.getLogger(__name__)
 DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
@@ -107,3 +111,19 @@ def export_comfyui(output_dir: Path, renames: dict[str, str]) -> Path:
         metadata={"format": "comfyui", "rank": str(rank), "alpha": str(alpha)},
     )
     return target
+
+
+@contextmanager
+def staged_files(output_dir: Path, names: tuple[str, ...]) -> Iterator[Path]:
+    """A staging folder for files that replace `names` in `output_dir` only once all are written: a run that
+    dies while exporting leaves the previous files (or none), never a truncated one."""
+    staging = Path(output_dir) / ".tmp-export"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+        for name in names:
+            (staging / name).replace(Path(output_dir) / name)
+            fault_point("export.file")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

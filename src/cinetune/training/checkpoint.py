@@ -1,13 +1,19 @@
 """Resumable checkpoints: LoRA weights, optimizer, scheduler, train state and every rank's RNG states.
 
-A checkpoint is written into a temporary folder and renamed into place, so a crash mid-write never leaves a
-folder that looks complete; `checkpoints_total_limit` prunes the oldest ones.
+A checkpoint is written into a temporary folder, sealed by a manifest of its files' sizes and checksums
+(written last) and renamed into place, so a crash mid-write never leaves a folder that looks complete, and a
+file damaged later shows when the manifest is verified (`resume_from_checkpoint`). `checkpoints_total_limit`
+prunes the oldest ones, never the newest that verifies. A full disk stops the save before it starts (the
+space a checkpoint needs is known) or, if it fills meanwhile, removes the partial folder: the checkpoints
+already written stay intact.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -16,8 +22,11 @@ import torch
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
-from cinetune.errors import ConfigError
+from cinetune.errors import ConfigError, TrainingDiverged, disk_error
+from cinetune.export.manifest import verify_manifest, write_manifest
+from cinetune.faults import fault_point
 from cinetune.plan import list_checkpoints
+from cinetune.training.guard import lora_is_finite
 from cinetune.training.state import TrainState, load_rng_state, rng_state
 
 logger = logging.getLogger(__name__)
@@ -29,44 +38,114 @@ class Checkpointer:
         self.output_dir = Path(output_dir)
         self.total_limit = total_limit
         self.accelerator = accelerator
+        self.current: Path | None = None  # a checkpoint that holds exactly the live state (loaded or saved)
+        self.current_step = -1
+        if accelerator.is_main_process:  # leftovers of an interrupted save or prune (the run lock is ours)
+            for leftover in [*self.output_dir.glob(".tmp-checkpoint-*"), *self.output_dir.glob(".trash-*")]:
+                shutil.rmtree(leftover, ignore_errors=True)
 
     def save(
         self, step: int, model: torch.nn.Module, optimizer: Any, scheduler: Any, state: TrainState
     ) -> Path:
         acc = self.accelerator
         final = self.output_dir / f"checkpoint-{step}"
+        if self.current == final.resolve() and self.current_step == step and final.is_dir():
+            return final  # nothing trained since it was written or loaded (a resumed run ending at once)
         tmp = self.output_dir / f".tmp-checkpoint-{step}"
-        if acc.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            lora = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
-            save_file(lora, str(tmp / LORA_FILE))
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-            if acc.scaler is not None:  # fp16: the loss scale and its growth tracker
-                torch.save(acc.scaler.state_dict(), tmp / "scaler.pt")
-            (tmp / "state.json").write_text(
-                json.dumps(
-                    {**state.state_dict(), "world_size": acc.num_processes, "lora": _lora_shape(model)}
-                )
+        lora = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
+        if not lora_is_finite(lora):
+            raise TrainingDiverged(
+                f"step {step}: the LoRA weights hold non-finite values; checkpoint-{step} is not written "
+                f"(the last good checkpoint: {self.last_verified() or 'none'})"
             )
-        acc.wait_for_everyone()
-        torch.save(rng_state(state.generator), tmp / f"rng_{acc.process_index}.pt")
-        acc.wait_for_everyone()
+        try:
+            if acc.is_main_process:
+                self._write_main(tmp, step, lora, model, optimizer, scheduler, state)
+            acc.wait_for_everyone()
+            torch.save(rng_state(state.generator), tmp / f"rng_{acc.process_index}.pt")
+            fault_point("checkpoint.file")
+            acc.wait_for_everyone()
+            if acc.is_main_process:
+                write_manifest(tmp, {"step": step})
+                fault_point("checkpoint.file")
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            error = disk_error(exc, self.output_dir, f"checkpoint-{step}", self._needed(lora, optimizer))
+            if error is None:
+                raise
+            raise error from exc
         if acc.is_main_process:
-            shutil.rmtree(final, ignore_errors=True)
-            tmp.rename(final)
+            self._replace(tmp, final)
+            fault_point("checkpoint.saved")
             self._prune()
             logger.info("saved checkpoint %s", final)
         acc.wait_for_everyone()
+        self.current, self.current_step = final.resolve(), step
         return final
+
+    def _write_main(
+        self,
+        tmp: Path,
+        step: int,
+        lora: dict[str, torch.Tensor],
+        model: torch.nn.Module,
+        optimizer: Any,
+        scheduler: Any,
+        state: TrainState,
+    ) -> None:
+        acc = self.accelerator
+        needed = self._needed(lora, optimizer)
+        if shutil.disk_usage(self.output_dir).free < needed:  # stop before writing half a checkpoint
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file(lora, str(tmp / LORA_FILE))
+        fault_point("checkpoint.file")
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        fault_point("checkpoint.file")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        if acc.scaler is not None:  # fp16: the loss scale and its growth tracker
+            torch.save(acc.scaler.state_dict(), tmp / "scaler.pt")
+        (tmp / "state.json").write_text(
+            json.dumps({**state.state_dict(), "world_size": acc.num_processes, "lora": _lora_shape(model)})
+        )
+        fault_point("checkpoint.file")
+
+    @staticmethod
+    def _needed(lora: dict[str, torch.Tensor], optimizer: Any) -> int:
+        """Bytes a checkpoint takes: the LoRA, the optimizer's state tensors, and room for the small files."""
+        tensors = list(lora.values())
+        for slot in optimizer.state_dict()["state"].values():
+            tensors += [v for v in slot.values() if isinstance(v, torch.Tensor)]
+        return sum(t.numel() * t.element_size() for t in tensors) + (1 << 20)
+
+    def _replace(self, tmp: Path, final: Path) -> None:
+        """Rename the finished folder into place; an older folder of that name is moved away first."""
+        if final.exists():
+            trash = self.output_dir / f".trash-{final.name}"
+            shutil.rmtree(trash, ignore_errors=True)
+            final.rename(trash)
+            tmp.rename(final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            tmp.rename(final)
+
+    def last_verified(self) -> Path | None:
+        return last_verified(self.output_dir)
 
     def _prune(self) -> None:
         if not self.total_limit:
             return
         found = list_checkpoints(self.output_dir)
+        keep = self.last_verified()
         for old in found[: max(0, len(found) - self.total_limit)]:
-            shutil.rmtree(old, ignore_errors=True)
+            if old == keep:  # the newer ones are damaged: this one is what a resume can use
+                logger.warning("kept %s: it is the newest checkpoint that verifies", old)
+                continue
+            trash = self.output_dir / f".trash-{old.name}"  # a half-deleted folder never looks like one
+            old.rename(trash)
+            fault_point("checkpoint.prune")
+            shutil.rmtree(trash, ignore_errors=True)
             logger.info("removed old checkpoint %s (checkpoints_total_limit=%d)", old, self.total_limit)
 
     def load(
@@ -80,6 +159,7 @@ class Checkpointer:
                 f"cannot resume from {path}: {str(exc).splitlines()[0]} (a checkpoint of another LoRA setup, "
                 "or damaged: resume from another checkpoint or start without resume_from_checkpoint)"
             ) from exc
+        self.current, self.current_step = Path(path).resolve(), state.step
         logger.info("resumed from %s at step %d", path, state.step)
 
     def _load(
@@ -109,6 +189,11 @@ class Checkpointer:
             acc.scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=False))
         state.load_state_dict(meta)
         load_rng_state(torch.load(path / f"rng_{acc.process_index}.pt", weights_only=False), state.generator)
+
+
+def last_verified(output_dir: Path) -> Path | None:
+    """The newest checkpoint of `output_dir` whose manifest verifies."""
+    return next((p for p in reversed(list_checkpoints(output_dir)) if verify_manifest(p) is None), None)
 
 
 def _lora_shape(model: torch.nn.Module) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import time
 from contextlib import nullcontext
 from datetime import timedelta
@@ -20,23 +21,26 @@ from safetensors.torch import load_file
 
 from cinetune.cache.builder import CacheBuilder, CacheIndex
 from cinetune.data import SkipReport, scan_datasets
-from cinetune.errors import ConfigError
-from cinetune.export.lora import COMFYUI_FILE, save_diffusers_lora
+from cinetune.errors import CacheEntryDamaged, ConfigError, RunStopped, disk_errors
+from cinetune.export.lora import COMFYUI_FILE, DIFFUSERS_FILE, save_diffusers_lora, staged_files
+from cinetune.faults import fault_point
 from cinetune.memory import frozen_dtype, prepare_base_weights, prepare_for_training
 from cinetune.memory.vae import apply_vae_memory
 from cinetune.plan import RunPlan, resolve_checkpoint
 from cinetune.training.batches import Batch, load_batch
-from cinetune.training.checkpoint import Checkpointer
+from cinetune.training.checkpoint import Checkpointer, last_verified
+from cinetune.training.guard import NonFiniteGuard, advice_for, measure_step
 from cinetune.training.metrics import MetricsLog, make_progress
 from cinetune.training.optim import build_optimizer, build_scheduler
 from cinetune.training.sampler import epoch_batches, plan_epoch
+from cinetune.training.signals import StopFlag
 from cinetune.training.speed import (
     apply_attention_backend,
     apply_gradient_checkpointing,
     apply_regional_compile,
 )
 from cinetune.training.state import TrainState
-from cinetune.training.step import training_loss
+from cinetune.training.step import step_loss
 from cinetune.training.validation import Validator, condition_images
 
 logger = logging.getLogger(__name__)
@@ -88,16 +92,26 @@ class Trainer:
         )
         self.max_sequence_length = self.cfg.max_sequence_length
         self.prompts: dict[str, str] = dict(plan.validation_prompts)
+        # reliability (docs/ARCHITECTURE.md, "When a run fails"): signals, non-finite steps
+        self.stop = StopFlag()
+        self.stop_agreed = False  # set by each step: some rank had a stop signal
+        self.guard = NonFiniteGuard(
+            self.cfg.max_nonfinite_steps,
+            scaler_skips=self.acc.scaler is not None,
+            advice=advice_for(self.cfg),
+            last_checkpoint=lambda: last_verified(self.output_dir),
+        )
 
     # ---- phases --------------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        set_seed(self.cfg.seed)
-        self.scan()
-        self.cache()
-        self.prepare()
-        self.train()
-        return self.export()
+        with self.stop.handling_signals(), disk_errors(self.output_dir, "the run's outputs"):
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            set_seed(self.cfg.seed)
+            self.scan()
+            self.cache()
+            self.prepare()
+            self.train()
+            return self.export()
 
     def scan(self) -> None:
         self.samples = scan_datasets(
@@ -147,6 +161,7 @@ class Trainer:
             max_sequence_length=self.max_sequence_length,
             text_batch_size=embeds.write_batch_size if embeds else 16,
             cfg=self.cfg,
+            stop_signal=lambda: self.stop.signum,
         )
         extra = set(self.prompts.values()) | {self.cfg.validation_negative_prompt}
         # The main process builds what is missing; the others then find every entry on disk.
@@ -277,6 +292,7 @@ class Trainer:
                 )
                 usable = len(batches) // accum * accum
                 while state.batch_in_epoch < usable and state.step < self.total_steps:
+                    self.stop_if_requested()
                     start = time.perf_counter()
                     group = batches[state.batch_in_epoch : state.batch_in_epoch + accum]
                     loss, grad_norm = self.optimizer_step(self.load_group(group))
@@ -297,13 +313,28 @@ class Trainer:
                                 "s_per_step": seconds,
                             },
                         )
+                    self.guard.raise_if_diverged(state.step)
+                    self.stop_if_requested()
                     self.periodic(state.step)
                 if state.batch_in_epoch >= usable:
                     state.epoch += 1
                     state.batch_in_epoch = 0
 
     def load_group(self, group: list[list[int]]) -> list[Batch]:
-        """The micro-batches of one optimizer step, from the cache."""
+        """The micro-batches of one optimizer step, from the cache. A damaged cache entry stops the run with a
+        checkpoint of the state before this step (the generator is put back), so a resume is exact."""
+        before = self.state.generator.get_state()
+        try:
+            return self._load_group(group)
+        except CacheEntryDamaged as exc:
+            self.state.generator.set_state(before)
+            path = self.save_checkpoint()
+            raise CacheEntryDamaged(
+                f"{exc}. Stopped at step {self.state.step}: {path} holds the state, and "
+                "resume_from_checkpoint: latest continues exactly from there"
+            ) from exc
+
+    def _load_group(self, group: list[list[int]]) -> list[Batch]:
         return [
             load_batch(
                 indices,
@@ -319,13 +350,15 @@ class Trainer:
         ]
 
     def optimizer_step(self, batches: list[Batch]) -> tuple[float, float]:
-        """Backward each micro-batch (grads synced on the last), clip, step -> (mean loss, grad norm)."""
+        """Backward each micro-batch (grads synced on the last), clip, step -> (mean loss, grad norm).
+        A non-finite loss or gradient skips the update (training/guard.py)."""
         total = torch.zeros((), device=self.device)
+        streams: dict[str, torch.Tensor] = {}
         for n, batch in enumerate(batches):
             sync = n == len(batches) - 1
             context = self.acc.no_sync(self.model) if not sync else nullcontext()
             with context:
-                loss = training_loss(
+                out = step_loss(
                     self.family,
                     self.model,
                     batch,
@@ -334,32 +367,57 @@ class Trainer:
                     self.device,
                     self.weight_dtype,
                 )
-                self.acc.backward(loss / len(batches))
-            total += loss.detach().float() / len(
-                batches
-            )  # one host sync per step, below, not per micro-batch
-        grad_norm = 0.0
-        if self.cfg.max_grad_norm > 0:
-            grad_norm = float(self.acc.clip_grad_norm_(self.params, self.cfg.max_grad_norm))
-        self.optimizer.step()
-        self.scheduler.step()
+                self.acc.backward(out.total / len(batches))
+            # one host sync per step (measure_step), not per micro-batch
+            total += out.total.detach().float() / len(batches)
+            for name, value in out.streams.items():
+                streams[name] = streams.get(name, 0.0) + value.float() / len(batches)
+            fault_point("train.micro_batch")
+        health = measure_step(
+            self.acc, self.params, self.cfg.max_grad_norm, total, streams, self.stop.signum is not None
+        )
+        self.stop_agreed = health.stop
+        if self.guard.apply(health):
+            self.optimizer.step()
+            if not self.optimizer.step_was_skipped:  # fp16: the GradScaler skipped an overflowing step
+                self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        mean = self.acc.reduce(total, reduction="mean")
-        return float(mean), grad_norm
+        self.guard.record(self.state.step + 1, health)
+        fault_point("train.step")
+        return health.loss, health.grad_norm
 
     def periodic(self, step: int) -> None:
         cfg = self.cfg
         last = step == self.total_steps
         if cfg.checkpointing_steps and step % cfg.checkpointing_steps == 0 and not last:
-            self.checkpointer.save(
-                step, self.acc.unwrap_model(self.model), self.optimizer, self.scheduler, self.state
-            )
+            self.save_checkpoint()
         if cfg.validation_steps and step % cfg.validation_steps == 0 and not last:
             self.validate(step)
+
+    # ---- stops ---------------------------------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        model = self.acc.unwrap_model(self.model)
+        return self.checkpointer.save(self.state.step, model, self.optimizer, self.scheduler, self.state)
+
+    def stop_if_requested(self) -> None:
+        """After a stop signal: checkpoint the state where it is (between two steps) and leave."""
+        signum = self.stop.signum
+        if self.acc.num_processes > 1:  # every rank stops after the same step: the one whose figures said so
+            signum = (signum or signal.SIGTERM) if self.stop_agreed else None
+        if signum is None:
+            return
+        path = self.save_checkpoint()
+        self.acc.end_training()
+        raise RunStopped(
+            f"stopped at step {self.state.step} of {self.total_steps}: {path} holds the state, nothing was "
+            "exported; resume_from_checkpoint: latest continues exactly from there",
+            signum,
+        )
 
     def validate(self, step: int) -> list[Path]:
         written = []
         if self.validator is not None:
+            self.guard.require_finite_lora(self.acc.unwrap_model(self.model), step, "validation videos")
             written = self.validator.run(
                 step,
                 self.acc.unwrap_model(self.model),
@@ -388,20 +446,21 @@ class Trainer:
         if self.acc.num_processes > 1:
             self.check_ranks_in_sync()
         if self.cfg.checkpointing_steps:
-            self.checkpointer.save(
-                step, self.acc.unwrap_model(self.model), self.optimizer, self.scheduler, self.state
-            )
+            self.save_checkpoint()
+        self.stop_if_requested()
         videos = self.validate(step)
         result: dict[str, Any] = {"steps": step, "losses": self.losses, "videos": [str(v) for v in videos]}
+        self.stop_if_requested()
         if self.acc.is_main_process:
+            model = self.acc.unwrap_model(self.model)
+            self.guard.require_finite_lora(model, step, "the LoRA files are")
             config = self.lora_config.to_dict()
             config["target_modules"] = sorted(config["target_modules"])
-            result["lora"] = str(
-                save_diffusers_lora(
-                    self.output_dir, self.family.pipeline_class, self.acc.unwrap_model(self.model), config
-                )
-            )
-            result["comfyui"] = str(self.family.export_comfyui(self.output_dir))
+            with staged_files(self.output_dir, (DIFFUSERS_FILE, COMFYUI_FILE)) as staging:
+                save_diffusers_lora(staging, self.family.pipeline_class, model, config)
+                self.family.export_comfyui(staging)
+            result["lora"] = str(self.output_dir / DIFFUSERS_FILE)
+            result["comfyui"] = str(self.output_dir / COMFYUI_FILE)
             logger.info("LoRA written: %s and %s", result["lora"], self.output_dir / COMFYUI_FILE)
         self.acc.wait_for_everyone()
         self.acc.end_training()

@@ -13,6 +13,7 @@ from cinetune.cache.builder import CacheIndex
 from cinetune.config import DatasetConfig, TrainConfig
 from cinetune.data import MediaError, Sample, discover_files, load_pixels, probe, read_window, write_video
 from cinetune.errors import ConfigError
+from cinetune.faults import fault_point
 from cinetune.models.base import ModelFamily
 
 logger = logging.getLogger(__name__)
@@ -121,9 +122,13 @@ class Validator:
                         device=self.device,
                         **extra,
                     )
-                video = (np.clip(result.frames, 0, 1) * 255).round().astype(np.uint8)
                 path = folder / f"{name}_{width}x{height}.mp4"
+                if not _finite(result):  # NaN frames would be written as black ones: say so, write none
+                    logger.warning("validation video %s is not written: the generation is non-finite", path)
+                    continue
+                video = (np.clip(result.frames, 0, 1) * 255).round().astype(np.uint8)
                 write_video(path, video, self.frame_rate, audio=result.audio, sample_rate=result.sample_rate)
+                fault_point("validation.video")
                 written.append(path)
                 if on_video is not None:
                     on_video(f"{name}_{width}x{height}", video)
@@ -131,5 +136,12 @@ class Validator:
             for module in (self.vae, *self.family.validation_modules()):
                 module.to("cpu")
         model.train(was_training)
-        logger.info("validation videos for step %d in %s", step, folder)
+        if written:
+            logger.info("validation videos for step %d in %s", step, folder)
         return written
+
+
+def _finite(result: Any) -> bool:
+    audio = getattr(result, "audio", None)
+    frames_ok = bool(np.isfinite(result.frames).all())
+    return frames_ok and (audio is None or bool(np.isfinite(np.asarray(audio)).all()))

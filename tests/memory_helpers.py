@@ -67,5 +67,17 @@ def train_steps(trainer: Trainer, steps: int = 4) -> tuple[list[float], dict[str
     return losses, lora_state(trainer)
 
 
+_PLAIN: dict[tuple, tuple[list[float], dict[str, torch.Tensor]]] = {}
+
+
+def plain_run(root: Path, **config: Any) -> tuple[list[float], dict[str, torch.Tensor]]:
+    """`train_steps` of a config without the feature under test, trained once per test session (the
+    memory tests compare many features against the same few plain runs)."""
+    key = tuple(sorted(config.items()))
+    if key not in _PLAIN:
+        _PLAIN[key] = train_steps(make_trainer(root / "plain", **config))
+    return _PLAIN[key]
+
+
 def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.memory_helpers import FAMILIES, K5, LTX2, make_trainer, same_weights, train_steps
+from tests.memory_helpers import FAMILIES, K5, LTX2, make_trainer, plain_run, same_weights, train_steps
 
 from cinetune.export.lora import save_diffusers_lora
 from cinetune.training.step import training_loss
@@ -52,17 +52,6 @@ def _plain_linear(module: torch.nn.Module) -> bool:
 
 def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
-
-
-_PLAIN: dict[tuple, tuple] = {}
-
-
-def _plain(tmp_path: Path, **config: object) -> tuple:
-    """The plain run of a config, trained once per test session."""
-    key = tuple(sorted(config.items()))
-    if key not in _PLAIN:
-        _PLAIN[key] = train_steps(make_trainer(tmp_path / "plain", **config))
-    return _PLAIN[key]
 
 
 # ---- quantization ----------------------------------------------------------------------------------------
@@ -161,7 +150,7 @@ def test_group_offload_trains_the_plain_lora(
     tmp_path: Path, kind: str, disk: bool, checkpointing: bool
 ) -> None:
     extra = {"gradient_checkpointing": checkpointing}
-    plain = _plain(tmp_path, **extra)
+    plain = plain_run(tmp_path, **extra)
     options = {"enable_group_offload": True, "group_offload_type": kind, **extra}
     if disk:
         options["group_offload_to_disk_path"] = str(tmp_path / "offload")
@@ -179,7 +168,7 @@ def test_group_offload_trains_the_plain_lora(
 @pytest.mark.parametrize("family", ["ltxvideo2", "kandinsky5"])
 def test_group_offload_on_the_other_families(tmp_path: Path, family: str) -> None:
     config = {**FAMILIES[family], "gradient_checkpointing": True}
-    plain = _plain(tmp_path, **config)
+    plain = plain_run(tmp_path, **config)
     disk = {"enable_group_offload": True, "group_offload_to_disk_path": str(tmp_path / "d")}
     losses, lora = train_steps(make_trainer(tmp_path / "offload", **config, **disk))
     assert losses == plain[0] and same_weights(lora, plain[1])
@@ -201,15 +190,8 @@ def test_the_quickstart_offload_block_runs_on_the_cpu(tmp_path: Path) -> None:
     }
     plan = resolve(load_config(write_config(tmp_path / "q", **LTX2, **quickstart)))
     assert [w for w in plan.warnings if "group_offload_use_stream" in w and "no streams" in w]
-    plain = _plain(tmp_path, **LTX2, gradient_checkpointing=False)
+    plain = plain_run(tmp_path, **LTX2, gradient_checkpointing=False)
     assert train_steps(make_trainer(tmp_path / "run", **LTX2, **quickstart))[0] == plain[0]
-
-
-def test_group_offload_over_quantized_blocks(tmp_path: Path) -> None:
-    quantized = {"base_model_precision": "int8-quanto"}
-    plain = train_steps(make_trainer(tmp_path / "plain", **quantized))
-    losses, lora = train_steps(make_trainer(tmp_path / "run", **quantized, enable_group_offload=True))
-    assert losses == plain[0] and same_weights(lora, plain[1])
 
 
 # ---- block swap ------------------------------------------------------------------------------------------
@@ -221,7 +203,7 @@ def test_block_swap_trains_the_plain_lora(
     tmp_path: Path, family: str, blocks: int, checkpointing: bool
 ) -> None:
     extra = {**FAMILIES[family], "gradient_checkpointing": checkpointing}
-    plain = _plain(tmp_path, **extra)
+    plain = plain_run(tmp_path, **extra)
     trainer = make_trainer(tmp_path / "swap", **extra, musubi_blocks_to_swap=blocks)
     losses, lora = train_steps(trainer)
     assert losses == plain[0] and same_weights(lora, plain[1])
@@ -232,13 +214,6 @@ def test_block_swap_trains_the_plain_lora(
     for block in declared[: len(declared) - blocks]:
         assert all(p.numel() > 0 for p in block.parameters())
     assert trainer.model._cinetune_residency.backward_onloads == 4 * blocks  # streamed in for each backward
-
-
-def test_block_swap_over_quantized_blocks(tmp_path: Path) -> None:
-    quantized = {"base_model_precision": "int8-torchao"}
-    plain = train_steps(make_trainer(tmp_path / "plain", **quantized))
-    losses, lora = train_steps(make_trainer(tmp_path / "run", **quantized, musubi_blocks_to_swap=1))
-    assert losses == plain[0] and same_weights(lora, plain[1])
 
 
 @pytest.mark.gpu

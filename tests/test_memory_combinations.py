@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-from tests.memory_helpers import make_trainer, same_weights, train_steps, write_config
+from tests.memory_helpers import make_trainer, plain_run, same_weights, train_steps, write_config
 
 from cinetune.config import load_config
 from cinetune.errors import CinetuneError
@@ -77,7 +77,7 @@ def test_combination_trains_the_lora_it_trains_without_the_mover(
     tmp_path: Path, mover: str, keys: dict[str, Any], others: dict[str, Any]
 ) -> None:
     dtype = {"mixed_precision": "bf16"} if others.get("base_model_precision") == "bf16" else {}
-    plain = train_steps(make_trainer(tmp_path / "plain", **dtype, **others))
+    plain = plain_run(tmp_path, **dtype, **others)
     moved = train_steps(make_trainer(tmp_path / "moved", **dtype, **others, **keys))
     assert moved[0] == plain[0] and same_weights(moved[1], plain[1]), mover
 

@@ -257,7 +257,7 @@ def cmd_plan(args: argparse.Namespace, extra: list[str]) -> int:
     if proposal is None:
         console.print(
             f"[red]nothing cinetune builds fits {target:g} GiB at {shape}[/]: lower the resolution, "
-            "frames or batch, or train on several GPUs with fsdp_enable"
+            "frames or batch"
         )
         return 2
     keys, estimate = proposal

@@ -5,11 +5,10 @@ for backward per block at the run's token count, what gradient checkpointing kee
 settings:
 
 - device, training: frozen weights resident on the device (by dtype or quantized storage; group offload keeps
-  the blocks outside the blocks plus one or two groups, block swap all but N blocks plus two, FSDP2 a 1/P
-  shard plus two gathered blocks) + LoRA (fp32 weights, gradients and two AdamW states: 16 bytes per
-  parameter) + activations (every block's saved tensors; with checkpointing 1 block in N keeps only its
-  inputs and one block is recomputed at a time) + gradients in flight (twice the largest block input) + a
-  fixed CUDA context and allocator margin;
+  the blocks outside the blocks plus one or two groups, block swap all but N blocks plus two) + LoRA (fp32
+  weights, gradients and two AdamW states: 16 bytes per parameter) + activations (every block's saved
+  tensors; with checkpointing 1 block in N keeps only its inputs and one block is recomputed at a time) +
+  gradients in flight (twice the largest block input) + a fixed CUDA context and allocator margin;
 - device, caching: the text encoder (its precision), then the VAE (weights + k x its largest activation,
   k calibrated on the CPU; patch convolution, temporal roll and tiling scale it);
 - host RAM: the largest component loaded at once (one component and one shard: safetensors reads by tensor),
@@ -100,7 +99,7 @@ def _weight_bytes(precision: str, compute_bytes: int) -> float:
     return _DTYPE_BYTES.get(precision, compute_bytes)
 
 
-def _resident_weights(cfg: Any, profile: Profile, processes: int) -> tuple[float, float]:
+def _resident_weights(cfg: Any, profile: Profile) -> tuple[float, float]:
     """(bytes of frozen weights on the device, bytes of frozen weights in host memory) while training."""
     per_block = _weight_bytes(cfg.base_model_precision, profile.compute_bytes)
     blocks = [n * per_block for n in profile.block_params]
@@ -117,9 +116,6 @@ def _resident_weights(cfg: Any, profile: Profile, processes: int) -> tuple[float
     if cfg.musubi_blocks_to_swap:
         swapped = sum(blocks[len(blocks) - min(cfg.musubi_blocks_to_swap, len(blocks)) :])
         return total - swapped + 2 * largest, swapped
-    if getattr(cfg, "fsdp_enable", False) and processes > 1:
-        gathered = 2 * largest if getattr(cfg, "fsdp_reshard_after_forward", True) else total
-        return total / processes + gathered, 0.0
     return total, 0.0
 
 
@@ -148,10 +144,8 @@ def estimate(
     text_encoders: dict[str, TextEncoderSize] | None = None,
 ) -> Estimate:
     """The run's predicted peaks (see the module docstring for what each term is)."""
-    processes = cfg.num_processes * getattr(cfg, "num_machines", 1)
-    on_device, in_host = _resident_weights(cfg, profile, processes)
-    shards = processes if getattr(cfg, "fsdp_enable", False) else 1
-    lora = profile.lora_params * LORA_BYTES / shards
+    on_device, in_host = _resident_weights(cfg, profile)
+    lora = profile.lora_params * LORA_BYTES
     kept, in_flight = _activations(cfg, profile, batch)
     device_parts = {
         "frozen weights": on_device,

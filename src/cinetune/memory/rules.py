@@ -21,13 +21,6 @@ _OFFLOAD_KEYS = (
     "group_offload_use_stream",
     "group_offload_to_disk_path",
 )
-_FSDP_KEYS = (
-    "fsdp_version",
-    "fsdp_reshard_after_forward",
-    "fsdp_state_dict_type",
-    "fsdp_cpu_ram_efficient_loading",
-)
-_MACHINE_KEYS = ("machine_rank", "main_process_ip", "main_process_port")
 
 
 def training_device_type(cfg: Any) -> str:
@@ -40,7 +33,6 @@ def check_memory(cfg: Any, family: Any) -> None:
     _check_quantization(cfg, family)
     _check_offload(cfg)
     _check_vae(cfg, family)
-    _check_scale(cfg)
     _warn_moot(cfg)
 
 
@@ -60,15 +52,8 @@ def _check_quantization(cfg: Any, family: Any) -> None:
     if quantized and cfg.enable_group_offload and cfg.group_offload_to_disk_path is not None:
         raise NotSupportedYet(
             f"{quantized[0]} {getattr(cfg, quantized[0])} with group_offload_to_disk_path is not supported "
-            "yet: "
-            "diffusers writes offloaded groups with safetensors, which cannot store quantized tensors; "
-            "offload "
-            "to host RAM (remove group_offload_to_disk_path) or keep the weights unquantized"
-        )
-    if is_quantized(cfg.base_model_precision) and getattr(cfg, "fsdp_enable", False):
-        raise NotSupportedYet(
-            "base_model_precision with fsdp_enable is not supported yet: FSDP2 would shard quantized tensor "
-            "subclasses, which cinetune does not test; shard the unquantized model or quantize on one process"
+            "yet: diffusers writes offloaded groups with safetensors, which cannot store quantized "
+            "tensors; offload to host RAM (remove group_offload_to_disk_path) or keep the weights unquantized"
         )
 
 
@@ -81,22 +66,15 @@ def _check_offload(cfg: Any) -> None:
         )
     if not moving:
         return
-    if getattr(cfg, "fsdp_enable", False):
-        raise NotSupportedYet(
-            f"{moving[0]} with fsdp_enable is not supported yet: FSDP2 already splits the weights over the "
-            "processes; use one or the other"
-        )
-    if cfg.num_processes > 1 or getattr(cfg, "num_machines", 1) > 1:
+    if cfg.num_processes > 1:
         raise NotSupportedYet(
             f"{moving[0]} with several processes is not supported yet: DDP broadcasts every weight from "
-            "rank 0 "
-            "when it starts, offloaded ones included; use fsdp_enable to split a model over GPUs"
+            "rank 0 when it starts, offloaded ones included"
         )
     if cfg.compile_transformer_blocks:
         raise NotSupportedYet(
             f"{moving[0]} with compile_transformer_blocks is not supported yet: the offload hooks replace "
-            "the "
-            "blocks' forward, which the compiled blocks would have to trace"
+            "the blocks' forward, which the compiled blocks would have to trace"
         )
     if cfg.musubi_blocks_to_swap:
         try:
@@ -106,8 +84,7 @@ def _check_offload(cfg: Any) -> None:
         if kind not in ("cpu", "cuda"):
             raise ConfigError(
                 f"musubi_block_swap_device '{cfg.musubi_block_swap_device}': swapped blocks wait on the cpu "
-                "or "
-                "on another cuda device"
+                "or on another cuda device"
             )
     device = training_device_type(cfg)
     if cfg.enable_group_offload and cfg.group_offload_use_stream and device == "cpu":
@@ -122,27 +99,11 @@ def _check_vae(cfg: Any, family: Any) -> None:
         raise ConfigError(
             f"vae_enable_temporal_roll: the {family.name} VAE ({family.vae_class_name}) normalizes over all "
             "frames (GroupNorm) and attends across frames, so a clip encoded a few frames at a time would "
-            "not "
-            "give its latents; use vae_enable_patch_conv (same latents) or vae_enable_tiling"
+            "not give its latents; use vae_enable_patch_conv (same latents) or vae_enable_tiling"
         )
     if cfg.vae_enable_slicing:
         logger.warning(
             "vae_enable_slicing changes nothing in this run: cinetune encodes and decodes one video at a time"
-        )
-
-
-def _check_scale(cfg: Any) -> None:
-    machines = getattr(cfg, "num_machines", 1)
-    if machines > 1:
-        if not cfg.main_process_ip:
-            raise ConfigError("num_machines > 1 needs main_process_ip (the address of machine 0)")
-        if cfg.machine_rank >= machines:
-            raise ConfigError(f"machine_rank {cfg.machine_rank} is not below num_machines {machines}")
-    if getattr(cfg, "fsdp_enable", False) and cfg.compile_transformer_blocks:
-        raise NotSupportedYet(
-            "fsdp_enable with compile_transformer_blocks is not supported yet (compiled blocks under FSDP2 "
-            "are "
-            "not tested here)"
         )
 
 
@@ -155,12 +116,6 @@ def _warn_moot(cfg: Any) -> None:
         moot.append(("group_offload_blocks_per_group", "group_offload_type is leaf_level"))
     if not cfg.musubi_blocks_to_swap and "musubi_block_swap_device" in given:
         moot.append(("musubi_block_swap_device", "musubi_blocks_to_swap is 0"))
-    if not getattr(cfg, "fsdp_enable", False):
-        moot += [(k, "fsdp_enable is false") for k in _FSDP_KEYS if k in given]
-    elif cfg.num_processes * getattr(cfg, "num_machines", 1) == 1:
-        moot.append(("fsdp_enable", "one process holds the whole model (num_processes 1)"))
-    if getattr(cfg, "num_machines", 1) == 1:
-        moot += [(k, "num_machines is 1") for k in _MACHINE_KEYS if k in given]
     quantizes = any(
         is_quantized(getattr(cfg, k))
         for k in ("base_model_precision", "text_encoder_1_precision", "text_encoder_2_precision")

@@ -34,6 +34,7 @@ NOT_SUPPORTED_YET: dict[str, str] = {
     "num_machines": "multi-node training",
     "machine_rank": "multi-node training",
     "main_process_ip": "multi-node training",
+    "main_process_port": "multi-node training",
     "push_to_hub": "pushing to the hub",
     "hub_model_id": "pushing to the hub",
     "lycoris_config": "LyCORIS",

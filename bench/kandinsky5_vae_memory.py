@@ -28,7 +28,7 @@ MODES = {"plain": (False, False), "patch_conv": (True, False), "tiling": (False,
 def _encode(mode: str, frames: int, size: int, out: Path) -> dict:
     from diffusers import AutoencoderKLHunyuanVideo
 
-    from cinetune.models.kandinsky5.vae_memory import enable_patch_conv
+    from cinetune.memory.vae import enable_patch_conv
 
     torch.manual_seed(0)
     vae = AutoencoderKLHunyuanVideo().eval().requires_grad_(False)

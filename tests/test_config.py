@@ -67,8 +67,8 @@ def test_unknown_dataset_key_names_closest(tmp_path: Path, clips_dir: Path, make
 @pytest.mark.parametrize(
     "key,value",
     [
-        ("enable_group_offload", True),
-        ("musubi_blocks_to_swap", 10),
+        ("ramtorch", True),
+        ("context_parallel_size", 2),
         ("fsdp_enable", True),
         ("deepspeed_config", "ds.json"),
     ],

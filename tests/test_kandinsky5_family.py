@@ -14,10 +14,10 @@ from peft import LoraConfig
 
 from cinetune.cache.store import TensorCache
 from cinetune.config import TrainConfig
-from cinetune.errors import ConfigError, NotSupportedYet
+from cinetune.errors import ConfigError
+from cinetune.memory.vae import disable_patch_conv, enable_patch_conv
 from cinetune.models.kandinsky5 import tiny
 from cinetune.models.kandinsky5.inputs import SHIFT_MU
-from cinetune.models.kandinsky5.vae_memory import disable_patch_conv, enable_patch_conv
 from cinetune.models.registry import build_family
 from cinetune.objectives import flow_loss, sample_sigmas, shift_sigmas
 from cinetune.training.batches import Batch
@@ -198,17 +198,10 @@ def test_patch_conv_gives_the_plain_latents_and_tiling_stays_close() -> None:
     assert torch.corrcoef(torch.stack([tiled.flatten(), plain.flatten()]))[0, 1] > 0.8
 
 
-def test_vae_options_are_configured_or_rejected(k5_i2v_dir: Path) -> None:
+def test_eval_dataset_needs_an_image_to_video_flavour(k5_i2v_dir: Path) -> None:
     family = build_family("kandinsky5-video", "tiny", None)
-    family.configure(_config(vae_enable_patch_conv=True, vae_enable_tiling=True))
-    vae = family.load_vae(torch.float32)
-    assert vae.use_tiling and sum(hasattr(m, "_cinetune_plain_forward") for m in vae.modules()) == 44
-    assert family.component_identity("vae").endswith("tiling=True")
     with pytest.raises(ConfigError, match="generates from text only"):
         family.configure(_config(eval_dataset_id="eval"))
-    ltx = build_family("ltxvideo", "tiny", None)
-    with pytest.raises(NotSupportedYet, match="vae_enable_patch_conv"):
-        ltx.configure(TrainConfig(model_family="ltxvideo", vae_enable_patch_conv=True))
     i2v = build_family("kandinsky5-video", "tiny-i2v", str(k5_i2v_dir))
     i2v.configure(_config(validation_using_datasets=True))
 

@@ -29,6 +29,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+from tests.memory_probes import MEMORY_KEYS
 
 from cinetune import cli
 from cinetune.benchmark import synthetic_batch
@@ -477,15 +478,6 @@ def probe_use_dora(w: World) -> None:
     _rejected(
         lambda: w.plan(use_dora=True, lora_type="lycoris", lycoris_config=_lycoris_config(w)), "dora_wd"
     )
-
-
-def probe_base_model_precision(w: World) -> None:
-    default, bf16 = w.trainer(), w.trainer(base_model_precision="bf16")
-    frozen = [p for p in bf16.model.parameters() if not p.requires_grad]
-    assert bf16.weight_dtype == torch.bfloat16 and {p.dtype for p in frozen} == {torch.bfloat16}
-    assert {p.dtype for p in default.model.parameters()} == {torch.float32}  # no_change: mixed_precision no
-    assert {p.dtype for p in bf16.model.parameters() if p.requires_grad} == {torch.float32}
-    _rejected(lambda: w.plan(base_model_precision="int8-quanto"), "quantized", error=NotSupportedYet)
 
 
 def probe_vae_dtype(w: World) -> None:
@@ -1269,33 +1261,6 @@ def probe_logging_steps(w: World) -> None:
 
 
 # ---- TrainConfig: memory and devices ---------------------------------------------------------------------
-def probe_vae_enable_patch_conv(w: World) -> None:
-    def chunked(**kw: Any) -> int:
-        vae = w.plan(**K5, **kw).family.load_vae(torch.float32)
-        return sum(hasattr(m, "_cinetune_plain_forward") for m in vae.modules())
-
-    assert chunked() == 0 and chunked(vae_enable_patch_conv=True) > 0
-    for family in ({}, LTX2):
-        _rejected(
-            lambda f=family: w.plan(**f, vae_enable_patch_conv=True),
-            "vae_enable_patch_conv is not supported yet",
-            error=NotSupportedYet,
-        )
-
-
-def probe_vae_enable_tiling(w: World) -> None:
-    plain, tiled = w.plan(**K5), w.plan(**K5, vae_enable_tiling=True)
-    assert not plain.family.load_vae(torch.float32).use_tiling
-    assert tiled.family.load_vae(torch.float32).use_tiling
-    assert plain.family.component_identity("vae") != tiled.family.component_identity("vae")  # own latents
-    for family in ({}, LTX2):
-        _rejected(
-            lambda f=family: w.plan(**f, vae_enable_tiling=True),
-            "vae_enable_tiling is not supported yet",
-            error=NotSupportedYet,
-        )
-
-
 def probe_offload_during_startup(w: World) -> None:
     def vae_device(**kw: Any) -> tuple[torch.device, list[str]]:
         trainer = w.cached(**VALIDATION, **kw)
@@ -1710,7 +1675,6 @@ TRAIN_KEYS: dict[str, Any] = {
     "lora_type": probe_lora_type,
     "lycoris_config": probe_lycoris_config,
     "use_dora": probe_use_dora,
-    "base_model_precision": probe_base_model_precision,
     "vae_dtype": probe_vae_dtype,
     "output_dir": probe_output_dir,
     "data_backend_config": probe_data_backend_config,
@@ -1775,8 +1739,6 @@ TRAIN_KEYS: dict[str, Any] = {
     "tracker_project_name": probe_tracker_project_name,
     "tracker_run_name": probe_tracker_run_name,
     "logging_steps": probe_logging_steps,
-    "vae_enable_patch_conv": probe_vae_enable_patch_conv,
-    "vae_enable_tiling": probe_vae_enable_tiling,
     "offload_during_startup": probe_offload_during_startup,
     "attention_backend": probe_attention_backend,
     "compile_transformer_blocks": probe_compile_transformer_blocks,
@@ -1831,6 +1793,7 @@ ROUTE_KEYS: dict[str, Any] = {
     "start_layer_idx": probe_start_layer_idx,
     "end_layer_idx": probe_end_layer_idx,
 }
+TRAIN_KEYS.update(MEMORY_KEYS)
 TABLES: dict[type, dict[str, Any]] = {
     TrainConfig: TRAIN_KEYS,
     TreadConfig: TREAD_KEYS,

@@ -33,6 +33,18 @@ from cinetune.training.trainer import Trainer
 
 logger = logging.getLogger(__name__)
 
+# The memory keys a bench run reports when the config sets them.
+MEMORY_KEYS = (
+    "base_model_precision",
+    "quantize_via",
+    "enable_group_offload",
+    "group_offload_type",
+    "group_offload_blocks_per_group",
+    "group_offload_use_stream",
+    "group_offload_to_disk_path",
+    "musubi_blocks_to_swap",
+    "musubi_block_swap_device",
+)
 # Dense bf16 tensor-core peaks (no sparsity), TFLOP/s, by a substring of torch.cuda.get_device_name().
 DEVICE_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "RTX 4090": 165.2}
 
@@ -62,6 +74,7 @@ class BenchResult:
     memory_allocated_gib: float | None
     memory_reserved_gib: float | None
     host_peak_rss_gib: float
+    predicted_device_gib: float | None  # the memory planner's training peak for these settings
     settings: dict[str, Any]
 
 
@@ -186,6 +199,7 @@ def run_bench(
         memory_allocated_gib=memory[0],
         memory_reserved_gib=memory[1],
         host_peak_rss_gib=_peak_rss_gib(),
+        predicted_device_gib=_predicted(plan, size, frames, batch),
         settings={
             "mixed_precision": trainer.acc.mixed_precision,
             "weights": str(trainer.weight_dtype),
@@ -197,6 +211,7 @@ def run_bench(
             "audio": audio,
             "gradient_accumulation_steps": train.gradient_accumulation_steps,
             "optimizer": train.optimizer,
+            **{key: getattr(train, key) for key in MEMORY_KEYS if key in train.model_fields_set},
             "torch": torch.__version__,
             "python": sys.version.split()[0],
         },
@@ -244,6 +259,18 @@ def count_step_flops(trainer: Trainer, micro: list[Batch]) -> tuple[float, float
     return float(counter.get_total_flops()), float(recompute.total)
 
 
+def _predicted(plan: RunPlan, size: tuple[int, int], frames: int, batch: int) -> float | None:
+    """The planner's predicted training peak (GiB) for the benched settings: what `cinetune plan` says."""
+    from cinetune.memory.report import RunMemory, Shape
+
+    try:
+        memory = RunMemory(plan, Shape(size[0], size[1], frames, batch))
+    except (RuntimeError, NotImplementedError) as exc:  # an architecture the meta device cannot run
+        logger.warning("no memory prediction: %s", exc)
+        return None
+    return memory.estimate().device_train / 2**30
+
+
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -278,6 +305,12 @@ def format_result(result: BenchResult) -> str:
             f"  s/step (median)  {result.s_per_step_median:.4f}  over {len(result.s_per_step_all)} steps",
             f"  tokens/s         {result.tokens_per_s:,.0f} (video)",
             f"  peak memory      {mem}",
+            "  predicted peak   "
+            + (
+                f"{result.predicted_device_gib:.2f} GiB (memory planner, training)"
+                if result.predicted_device_gib is not None
+                else "n/a"
+            ),
             f"  FLOPs/step       {result.flops_per_step:.4g} ({result.flops_method})"
             + (
                 f"; {result.flops_recomputed_per_step:.4g} more recomputed by checkpointing"

@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from cinetune.data import SkipReport, scan_datasets
+from cinetune.memory.report import RunMemory, Shape, largest_shape
 from cinetune.plan import RunPlan
 from cinetune.training.sampler import plan_epoch
 
@@ -48,6 +49,8 @@ def check_report(plan: RunPlan, emit: Callable[[str], None]) -> None:
     total = cfg.max_train_steps or cfg.num_train_epochs * steps_per_epoch
     emit(f"schedule: {steps_per_epoch} step(s) per epoch, {total} step(s) in all")
     emit(_validation_line(plan, samples))
+    for line in memory_lines(plan, largest_shape(plan, samples, cfg.train_batch_size)):
+        emit(line)
     emit("[green]config OK[/]")
 
 
@@ -91,3 +94,21 @@ def _validation_line(plan: RunPlan, samples: list) -> str:
     source = " (the first training caption)" if plan.prompt_from_first_sample else ""
     size = cfg.validation_resolution
     return f"validation: {len(prompts)} prompt(s){source}, {frames} frames at {size}, {when}"
+
+
+def memory_lines(plan: RunPlan, shape: Shape | None) -> list[str]:
+    """The planner's predicted peaks for the largest training bucket, and whether they fit target_vram_gb."""
+    if shape is None:
+        return []
+    estimate = RunMemory(plan, shape).estimate()
+    lines = [f"memory (predicted, largest bucket {shape}):", *(f"  {line}" for line in estimate.lines())]
+    target = plan.train.target_vram_gb
+    if target is not None:
+        peak = estimate.device_peak / 2**30
+        verdict = (
+            "fits"
+            if peak <= target
+            else "[yellow]does not fit[/] (`cinetune plan` proposes settings that do)"
+        )
+        lines.append(f"  target_vram_gb {target:g}: the predicted peak {peak:.2f} GiB {verdict}")
+    return lines

@@ -36,6 +36,10 @@ def _setup_logging(verbose: bool) -> None:
     )
     for noisy in ("httpx", "urllib3", "PIL", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # torchao (quantization) logs its CUDA-only kernels that a CPU build cannot load, and torch's pytree a
+    # deprecation, each time diffusers imports it: nothing a user can act on.
+    for noisy in ("torchao", "torch.utils._pytree", "diffusers.quantizers.torchao.torchao_quantizer"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
 def _config_path(arg: str | None) -> Path | None:
@@ -199,8 +203,10 @@ def cmd_demo(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
-    from cinetune.benchmark import bench_audio_datasets, format_result, run_bench, write_json
+def _bench_plan(args: argparse.Namespace, extra: list[str], command: str):
+    """The run plan of `cinetune bench` / `cinetune plan`: a config file or --family/--flavour, overrides, and
+    the config's dataset file only to know whether audio trains (no dataset is read)."""
+    from cinetune.benchmark import bench_audio_datasets
     from cinetune.config import LoadedConfig, parse_overrides
     from cinetune.config.load import build_data_config, build_train_config, read_file
     from cinetune.plan import resolve
@@ -216,10 +222,9 @@ def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
     if args.flavour:
         raw["model_flavour"] = args.flavour
     if "model_family" not in raw and "--model_family" not in raw:
-        raise ConfigError("bench: pass --family and --flavour, or --config PATH")
+        raise ConfigError(f"{command}: pass --family and --flavour, or --config PATH")
     raw.setdefault("report_to", "none")
-    train = build_train_config(raw, where="bench")
-    width, height = _parse_size(args.resolution)
+    train = build_train_config(raw, where=command)
     data = None  # the config's dataset file says whether audio trains (an `audio` block); none is read
     if args.audio:
         data = bench_audio_datasets()
@@ -227,7 +232,14 @@ def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
         backend = Path(train.data_backend_config)
         if backend.is_file():
             data = build_data_config(read_file(backend), where=str(backend))
-    plan = resolve(LoadedConfig(train=train, data=data, config_path=path if from_file else None))
+    return resolve(LoadedConfig(train=train, data=data, config_path=path if from_file else None))
+
+
+def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
+    from cinetune.benchmark import format_result, run_bench, write_json
+
+    plan = _bench_plan(args, extra, "bench")
+    width, height = _parse_size(args.resolution)
     result = run_bench(
         plan, (width, height), args.frames, args.batch, args.steps, args.warmup, args.peak_tflops
     )
@@ -235,6 +247,38 @@ def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
     if args.json:
         write_json(result, Path(args.json))
         console.print(f"figures written to {args.json}")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace, extra: list[str]) -> int:
+    from cinetune.memory.report import RunMemory, Shape
+
+    plan = _bench_plan(args, extra, "plan")
+    width, height = _parse_size(args.resolution)
+    rule = plan.family.frame_rule
+    shape = Shape(
+        rule.side_down(width), rule.side_down(height), rule.adjust_frames(args.frames, "--frames"), args.batch
+    )
+    memory = RunMemory(plan, shape)
+    console.print(f"{plan.family.name}/{plan.family.loader.flavour} at {shape}, as configured (predicted):")
+    for line in memory.estimate().lines():
+        console.print(f"  {line}", highlight=False)
+    target = args.vram or plan.train.target_vram_gb
+    if target is None:
+        console.print("pass --vram GiB (or set target_vram_gb) for the cheapest settings that fit")
+        return 0
+    proposal = memory.propose(target)
+    if proposal is None:
+        console.print(
+            f"[red]nothing cinetune builds fits {target:g} GiB at {shape}[/]: lower the resolution, "
+            "frames or batch"
+        )
+        return 2
+    keys, estimate = proposal
+    console.print(f"the cheapest settings that fit {target:g} GiB (add these keys to config.json):")
+    console.print(json.dumps(keys or {"note": "the config fits as it is"}, indent=2), highlight=False)
+    for line in estimate.lines():
+        console.print(f"  {line}", highlight=False)
     return 0
 
 
@@ -351,6 +395,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", help="access token (default CINETUNE_TOKEN; generated off loopback)")
     p = sub.add_parser("configure", help="write config/config.json + multidatabackend.json step by step")
     p.add_argument("--project", default=".", help="project folder (default: the current folder)")
+    p = sub.add_parser(
+        "plan",
+        help="predict peak device memory and host RAM; propose the cheapest settings that fit --vram",
+        description="The memory planner: no weights, no network. Config keys: --key=value.",
+    )
+    p.add_argument("--config", help="config.json / .toml (default: config/config.json)")
+    p.add_argument("--family", help="model_family (overrides the config's)")
+    p.add_argument("--flavour", help="model_flavour (overrides the config's)")
+    p.add_argument(
+        "--vram", type=float, default=None, help="device memory to fit in, GiB (or target_vram_gb)"
+    )
+    p.add_argument("--resolution", default="768x512", help="WIDTHxHEIGHT (default 768x512)")
+    p.add_argument("--frames", type=int, default=49, help="frames per sample (default 49)")
+    p.add_argument("--batch", type=int, default=1, help="samples per micro-batch (default 1)")
+    p.add_argument("--audio", action="store_true", help="LTX-2: train audio too")
     p = sub.add_parser("demo", help="train a tiny model on built-in synthetic clips")
     p.add_argument("--output_dir", default="demo_output")
     from cinetune.prep.command import add_prep_parser  # argparse only: no heavy import
@@ -368,6 +427,7 @@ COMMANDS = {
     "keys": cmd_keys,
     "bench": cmd_bench,
     "doctor": cmd_doctor,
+    "plan": cmd_plan,
     "prep": cmd_prep,
     "server": cmd_server,
     "configure": cmd_configure,

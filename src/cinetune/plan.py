@@ -25,6 +25,7 @@ from cinetune.config.lycoris import read_lycoris_config
 from cinetune.config.tread import resolve_routes
 from cinetune.errors import ConfigError, NotSupportedYet
 from cinetune.export.manifest import verify_manifest
+from cinetune.memory.rules import check_memory
 from cinetune.models.base import Flavour, ModelFamily
 from cinetune.models.registry import build_family
 
@@ -73,6 +74,7 @@ def resolve(loaded: LoadedConfig) -> RunPlan:
         _check_backend_takes_masks(train.attention_backend, family)
         flavour = family.flavours[family.loader.flavour]
         resolved: dict[str, Any] = dict(family.configure(train))
+        check_memory(train, family)
         if data is not None:
             _check_datasets(train, data, family)
             family.configure_datasets(data)

@@ -22,6 +22,8 @@ from cinetune.cache.store import TensorCache, cache_key
 from cinetune.data import Sample, load_pixels
 from cinetune.errors import DataError, RunStopped, disk_error
 from cinetune.faults import fault_point
+from cinetune.memory import prepare_encoder
+from cinetune.memory.vae import apply_vae_memory
 from cinetune.models.base import ModelFamily
 from cinetune.models.vision import FrameFeatures
 
@@ -72,9 +74,11 @@ class CacheBuilder:
         vae_dtype: torch.dtype | None = None,
         share: tuple[int, int] = (0, 1),
         loading: Callable[[Callable[[], Any]], Any] | None = None,
+        cfg: Any | None = None,
     ) -> None:
         self.family = family
         self.features = features  # CREPA: vision features of each window, stored with its latents
+        self.cfg = cfg  # the memory keys (quantized encoders, offload, VAE options); None: none of them
         self.index = CacheIndex(TensorCache(text_root), {k: TensorCache(v) for k, v in latent_roots.items()})
         self.device = device
         self.dtype = dtype  # the text encoder's, and its entries'
@@ -99,6 +103,7 @@ class CacheBuilder:
                 "family": self.family.name,
                 "max_len": self.max_sequence_length,
                 "dtype": self._dtype_name,
+                **self._changes("text_encoder_1_precision", "text_encoder_2_precision"),
             }
         )
 
@@ -119,8 +124,14 @@ class CacheBuilder:
                 "dtype": self._vae_dtype_name,
                 **self.family.latent_key_fields(sample),
                 **({"crepa": self.features.identity} if self.features is not None else {}),
+                **self._changes("vae_enable_tiling"),  # tiles blend at the seams; the others keep the latents
             }
         )
+
+    def _changes(self, *keys: str) -> dict[str, Any]:
+        """Memory keys that change what an encoder produces, when set (absent ones keep existing keys)."""
+        values = {k: getattr(self.cfg, k) for k in keys} if self.cfg is not None else {}
+        return {k: v for k, v in values.items() if v not in ("no_change", False)}
 
     # ---- phases --------------------------------------------------------------------------------------------
     def build(self, samples: list[Sample], extra_prompts: Iterable[str] = ()) -> CacheIndex:
@@ -216,13 +227,17 @@ class CacheBuilder:
         return n % ranks == rank
 
     def _text_encoder_on_device(self) -> tuple[Any, torch.nn.Module]:
+        """Loaded, quantized / offloaded as the memory keys say, on the device (in this rank's turn)."""
         tokenizer, encoder = self.family.load_text_encoder(self.dtype)
-        return tokenizer, encoder.requires_grad_(False).eval().to(self.device)
+        encoder = prepare_encoder(encoder, self.cfg, self.device, self.family.text_encoder_parts(encoder))
+        return tokenizer, encoder
 
     def _latent_encoders_on_device(self) -> dict[str, torch.nn.Module]:
+        """The VAE (with its memory options) and e.g. an audio VAE, on the device."""
         encoders = self.family.load_latent_encoders(self.vae_dtype)
-        for encoder in encoders.values():
-            encoder.requires_grad_(False).eval().to(self.device)
+        encoders["vae"] = apply_vae_memory(encoders["vae"], self.cfg)
+        for name, encoder in encoders.items():
+            encoders[name] = prepare_encoder(encoder, self.cfg, self.device)
         return encoders
 
     def count_missing(self, samples: list[Sample], extra_prompts: Iterable[str] = ()) -> int:

@@ -12,36 +12,30 @@ import tomllib
 from pydantic import BaseModel, ValidationError
 
 from cinetune.config.dataset import AudioOptions, DataBackendConfig, DatasetConfig, VideoOptions
+from cinetune.config.memory import QUANTIZED_PRECISIONS
 from cinetune.config.train import TrainConfig
 from cinetune.errors import ConfigError, NotSupportedYet
 
 # Keys the well-known quickstarts use for features not built yet: rejected, never ignored.
 NOT_SUPPORTED_YET: dict[str, str] = {
-    "enable_group_offload": "group offload",
-    "group_offload_type": "group offload",
-    "group_offload_blocks_per_group": "group offload",
-    "group_offload_use_stream": "group offload",
-    "group_offload_to_disk_path": "group offload",
-    "enable_block_swap": "block swap",
-    "musubi_blocks_to_swap": "block swap",
-    "blocks_to_swap": "block swap",
+    "enable_block_swap": "block swap under this name (use musubi_blocks_to_swap)",
+    "blocks_to_swap": "block swap under this name (use musubi_blocks_to_swap)",
+    "context_parallel_size": "context parallelism",
+    "context_parallel_comm_strategy": "context parallelism",
     "crepa_config": "a CREPA config block (cinetune reads the crepa_* keys)",
-    "quantize_via": "quantization",
     "quantize_activations": "quantization",
-    "text_encoder_1_precision": "text-encoder quantization",
     "fuse_qkv_projections": "fused QKV projections",
-    "fsdp_enable": "FSDP2 sharding",
-    "fsdp_version": "FSDP2 sharding",
     "deepspeed_config": "DeepSpeed",
+    "fsdp_enable": "FSDP2 sharding",
+    "num_machines": "multi-node training",
+    "machine_rank": "multi-node training",
+    "main_process_ip": "multi-node training",
+    "main_process_port": "multi-node training",
     "push_to_hub": "pushing to the hub",
     "hub_model_id": "pushing to the hub",
     "controlnet": "ControlNet",
     "conditioning_data": "conditioning datasets",
-    "vae_enable_temporal_roll": "VAE temporal roll",
-    "vae_enable_slicing": "VAE slicing",
     "vae_batch_size": "batched VAE caching",
-    "musubi_block_swap_device": "block swap",
-    "text_encoder_2_precision": "text-encoder quantization",
     "ramtorch": "RamTorch offload",
 }
 # Key families with keys not built yet, by prefix (crepa_cumulative_neighbors, scheduled_sampling_order...).
@@ -50,12 +44,16 @@ NOT_SUPPORTED_PREFIXES: dict[str, str] = {
     "scheduled_sampling_": "this scheduled-sampling option",
     "ema_": "this EMA option",
     "fsdp_": "FSDP2 sharding",
-    "group_offload_": "group offload",
     "tread_": "TREAD token routing",
 }
-# Values the quickstarts use for features not built yet: key -> {value prefix/suffix test, what it is}.
+# Values the quickstarts use for features not built yet: key -> {value prefix/suffix test, what it is}. A
+# value the schema accepts (int8-quanto...) is built; others with these markers (int8dq-torchao...) are not.
+_QUANTIZED = (("-quanto", "-torchao", "-bnb", "-sdnq", "-native", "-transformerengine"), "this quantization")
 _NOT_SUPPORTED_VALUES: dict[str, tuple[tuple[str, ...], str]] = {
-    "base_model_precision": (("-quanto", "-torchao", "-bnb"), "quantized base model weights"),
+    "base_model_precision": _QUANTIZED,
+    "text_encoder_1_precision": _QUANTIZED,
+    "text_encoder_2_precision": _QUANTIZED,
+    "quantize_via": (("pipeline",), "quantizing through the diffusers pipeline"),
     "scheduled_sampling_sampler": (("unipc", "dpm"), "rollout solvers other than euler"),
 }
 # Older and newer spellings of the same key (SimpleTuner renamed these): alias -> key.
@@ -149,7 +147,7 @@ def _not_supported(key: str, value: Any, valid: list[str]) -> str | None:
     prefix = next((p for p in NOT_SUPPORTED_PREFIXES if key.startswith(p)), None)
     if prefix is not None and key not in valid:
         return NOT_SUPPORTED_PREFIXES[prefix]
-    if key in _NOT_SUPPORTED_VALUES and isinstance(value, str):
+    if key in _NOT_SUPPORTED_VALUES and isinstance(value, str) and value not in QUANTIZED_PRECISIONS:
         markers, what = _NOT_SUPPORTED_VALUES[key]
         if any(value == m or value.endswith(m) for m in markers):
             return what

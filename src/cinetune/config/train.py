@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from cinetune.config.memory import MemoryOptions, Quantized
 from cinetune.config.tread import TreadConfig
 
 Precision = Literal["no", "fp32", "bf16", "fp16"]
@@ -28,7 +29,7 @@ def parse_resolutions(value: str) -> list[tuple[int, int]]:
     return out
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(MemoryOptions):
     """One training run. Every key can also be given on the command line as --key=value.
 
     Frozen: `plan.resolve` fills the defaults a family decides into a copy; nothing changes a config after.
@@ -68,8 +69,11 @@ class TrainConfig(BaseModel):
     use_dora: bool = Field(
         False, description="Train DoRA (peft's weight-decomposed LoRA: a magnitude per output row) instead."
     )
-    base_model_precision: Literal["no_change", "bf16", "fp16", "fp32"] = Field(
-        "no_change", description="Storage dtype of frozen weights. no_change: the mixed_precision dtype."
+    base_model_precision: Literal["no_change", "bf16", "fp16", "fp32"] | Quantized = Field(
+        "no_change",
+        description="Storage of the transformer's frozen weights: a dtype, or weight-only quantization of "
+        "its blocks' linear layers (int8/int4/int2/fp8-quanto, int8/fp8-torchao, nf4-bnb on CUDA) with LoRA "
+        "trained on top. no_change: the mixed_precision dtype.",
     )
     vae_dtype: Literal["default", "fp32", "fp16", "bf16"] = Field(
         "default",
@@ -322,16 +326,6 @@ class TrainConfig(BaseModel):
     tracker_run_name: str | None = Field(None, description="Run name for the tracker.")
     logging_steps: int = Field(1, ge=1, description="Write metrics every N steps.")
     # memory and devices
-    vae_enable_patch_conv: bool = Field(
-        False,
-        description="Caching: run the VAE's 3D convolutions a few frames at a time (same latents, lower peak "
-        "memory, a little slower). Families with a chunkable VAE only.",
-    )
-    vae_enable_tiling: bool = Field(
-        False,
-        description="Caching: encode in overlapping spatial tiles blended at the seams (much lower peak "
-        "memory, latents differ slightly). Families with a tiling VAE only.",
-    )
     offload_during_startup: bool = Field(
         False,
         description="The models validation decodes with (the VAE; LTX-2 also its audio VAE and vocoder) wait "

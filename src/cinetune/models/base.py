@@ -128,6 +128,11 @@ class ModelFamily(ABC):
         ("image_rotary_emb", 1),
     )
     comfyui_renames: ClassVar[dict[str, str]] = {}
+    # The video VAE's diffusers class (what the VAE memory options act on: memory/vae.py).
+    vae_class_name: ClassVar[str]
+    # The text encoders the text cache runs, by config key (text_encoder_1_precision...) -> the submodule of
+    # what `load_text_encoder` returns that is called ("": that module itself).
+    text_encoders: ClassVar[dict[str, str]] = {"text_encoder_1": ""}
     # Train-config options the family acts on (`configure`); any other one set is rejected, never ignored.
     run_options: ClassVar[frozenset[str]] = frozenset()
     # Image-to-video: validation passes a conditioning image to `generate` (see training/validation.py).
@@ -166,6 +171,11 @@ class ModelFamily(ABC):
     def video_hidden_size(self, config: Any) -> int:
         """Width of the video hidden states between the video blocks (CREPA's projector input)."""
         return int(config.num_attention_heads * config.attention_head_dim)
+
+    def text_encoder_parts(self, encoder: torch.nn.Module) -> dict[str, torch.nn.Module]:
+        """The text encoder modules of what `load_text_encoder` returned, by config key (quantization and
+        offload act on each)."""
+        return {key: encoder.get_submodule(name) for key, name in self.text_encoders.items()}
 
     def lora_targets(self) -> list[str]:
         """LoRA target modules when lora_target_modules is unset (may depend on `configure`)."""
@@ -213,8 +223,6 @@ class ModelFamily(ABC):
         from cinetune.errors import ConfigError, NotSupportedYet
 
         options = (
-            "vae_enable_patch_conv",
-            "vae_enable_tiling",
             "first_frame_conditioning_p",
             "ltx2_checkpoint_filename",
         )

@@ -22,6 +22,8 @@ from cinetune.data import SkipReport, scan_datasets
 from cinetune.errors import CacheEntryDamaged, RunStopped, disk_errors
 from cinetune.export.lora import COMFYUI_FILE, staged_files
 from cinetune.faults import fault_point
+from cinetune.memory import frozen_dtype, prepare_base_weights, prepare_for_training
+from cinetune.memory.vae import apply_vae_memory
 from cinetune.plan import RunPlan, resolve_checkpoint
 from cinetune.training.adapters import build_adapter
 from cinetune.training.batches import Batch, load_batch
@@ -85,11 +87,7 @@ class Trainer:
         self.device = self.acc.device
         enable_tf32(self.device)
         self.dtype = _DTYPES[self.acc.mixed_precision]
-        self.weight_dtype = (
-            self.dtype
-            if self.cfg.base_model_precision == "no_change"
-            else _DTYPES[self.cfg.base_model_precision]
-        )
+        self.weight_dtype = frozen_dtype(self.cfg, self.dtype)
         self.text_dtype = encoder_dtype("default", self.weight_dtype, self.device)
         self.vae_dtype = encoder_dtype(self.cfg.vae_dtype, self.weight_dtype, self.device)
         self.output_dir = Path(self.cfg.output_dir)
@@ -169,6 +167,7 @@ class Trainer:
             max_sequence_length=self.max_sequence_length,
             text_batch_size=embeds.write_batch_size if embeds else 16,
             features=frame_features(self.cfg),  # CREPA's vision features, stored with the latents
+            cfg=self.cfg,
             stop_signal=lambda: self.stop.signum,
             share=(self.acc.process_index, self.acc.num_processes),
             loading=in_turn(self.output_dir, "cache encoders", self.acc.num_processes > 1),
@@ -221,6 +220,7 @@ class Trainer:
         """
         cfg = self.cfg
         transformer.requires_grad_(False)
+        prepare_base_weights(transformer, self.plan, self.device)  # quantized frozen weights, before LoRA
         self.adapter = build_adapter(cfg)  # peft LoRA / DoRA, or LyCORIS (training/adapters.py)
         self.adapter.inject(transformer)
         self.lora_config = getattr(self.adapter, "config", None)
@@ -239,7 +239,7 @@ class Trainer:
         transformer.train()
         optimizer = build_optimizer(params, cfg)
         self.scheduler = build_scheduler(optimizer, cfg, total_steps)
-        self.model, self.optimizer = self.acc.prepare(transformer, optimizer)
+        self.model, self.optimizer = prepare_for_training(self.acc, transformer, optimizer, self.plan)
         self.params = params
         self.extras.start(self.acc.unwrap_model(self.model), self.device)
 
@@ -252,7 +252,7 @@ class Trainer:
                 "offload_during_startup changes nothing on this run: it trains on the CPU, where the "
                 "validation VAE lives anyway"
             )
-        vae = self.family.load_vae(self.vae_dtype).requires_grad_(False).eval()
+        vae = apply_vae_memory(self.family.load_vae(self.vae_dtype), cfg).requires_grad_(False).eval()
         vae.to("cpu" if cfg.offload_during_startup else self.device)
         return Validator(
             self.family,

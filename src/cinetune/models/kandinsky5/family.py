@@ -198,7 +198,8 @@ class Kandinsky5VideoFamily(ModelFamily):
     # Kandinsky5TransformerDecoderBlock(visual_embed (B, N, D), text_embed, time_embed (B, D), rope (B, N, 1,
     # d / 2, 2, 2), sparse_params): the time embedding is per sample.
     token_aligned_inputs: ClassVar[tuple[tuple[str, int], ...]] = (("visual_embed", 1), ("rope", 1))
-    run_options: ClassVar[frozenset[str]] = frozenset({"vae_enable_patch_conv", "vae_enable_tiling"})
+    vae_class_name: ClassVar[str] = "AutoencoderKLHunyuanVideo"
+    text_encoders: ClassVar[dict[str, str]] = {"text_encoder_1": "qwen", "text_encoder_2": "clip"}
     # ComfyUI's native Kandinsky 5 model uses the original module names, which diffusers kept.
     comfyui_renames: ClassVar[dict[str, str]] = {}
 
@@ -218,14 +219,10 @@ class Kandinsky5VideoFamily(ModelFamily):
         self.rope_scale_factor: tuple[float, float, float] = spec.extra["rope_scale_factor"]
         if spec.extra.get("sparse_attention"):
             self.frame_rule = FrameRule(temporal_multiple=4, spatial_multiple=128)
-        self.vae_patch_conv = False
-        self.vae_tiling = False
         self.eval_dataset_id: str | None = None
 
     def configure(self, cfg: Any) -> dict[str, Any]:
         resolved = super().configure(cfg)
-        self.vae_patch_conv = bool(getattr(cfg, "vae_enable_patch_conv", False))
-        self.vae_tiling = bool(getattr(cfg, "vae_enable_tiling", False))
         self.eval_dataset_id = getattr(cfg, "eval_dataset_id", None)
         max_sequence_length = getattr(cfg, "max_sequence_length", None) or self.default_max_sequence_length
         if max_sequence_length > _MAX_SEQUENCE_LENGTH:
@@ -284,9 +281,8 @@ class Kandinsky5VideoFamily(ModelFamily):
                 self.loader.identity(s)
                 for s in ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
             )
-        # Tiling changes latents slightly (blended seams) and I2V entries hold the first-frame latents too;
-        # patch convolution gives the plain latents, so it keeps the cache.
-        return f"{self.loader.identity('vae')}:i2v={self.conditions_on_image}:tiling={self.vae_tiling}"
+        # I2V entries hold the first-frame latents too (the cache builder's key says whether tiles encoded).
+        return f"{self.loader.identity('vae')}:i2v={self.conditions_on_image}"
 
     def synthetic_caption(self, config: dict[str, Any], num_tokens: int) -> dict[str, torch.Tensor]:
         return {
@@ -335,14 +331,7 @@ class Kandinsky5VideoFamily(ModelFamily):
         return tokenizers, TextEncoders(qwen, clip)
 
     def load_vae(self, dtype: torch.dtype) -> torch.nn.Module:
-        vae = self.load_part(library_class("diffusers.AutoencoderKLHunyuanVideo"), "vae", dtype)
-        if self.vae_patch_conv:
-            from cinetune.models.kandinsky5.vae_memory import enable_patch_conv
-
-            enable_patch_conv(vae)
-        if self.vae_tiling:
-            vae.enable_tiling()
-        return vae
+        return self.load_part(library_class(f"diffusers.{self.vae_class_name}"), "vae", dtype)
 
     def load_transformer(self, dtype: torch.dtype) -> torch.nn.Module:
         return self.load_part(self.transformer_class, "transformer", dtype)

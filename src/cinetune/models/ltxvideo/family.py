@@ -112,6 +112,7 @@ class LTXVideoFamily(ModelFamily):
     default_frame_rate: ClassVar[float] = 25.0
     transformer_class: ClassVar[type] = LibraryClass("diffusers.LTXVideoTransformer3DModel")
     latent_compression: ClassVar[tuple[int, int]] = (8, 32)
+    vae_class_name: ClassVar[str] = "AutoencoderKLLTXVideo"
     # diffusers -> original (ComfyUI) module names, for LoRA targets outside the attention blocks.
     comfyui_renames: ClassVar[dict[str, str]] = {
         "proj_in": "patchify_proj",
@@ -171,7 +172,7 @@ class LTXVideoFamily(ModelFamily):
         return tokenizer, self.load_part(T5EncoderModel, "text_encoder", dtype)
 
     def load_vae(self, dtype: torch.dtype) -> torch.nn.Module:
-        return self.load_part(library_class("diffusers.AutoencoderKLLTXVideo"), "vae", dtype)
+        return self.load_part(library_class(f"diffusers.{self.vae_class_name}"), "vae", dtype)
 
     def load_transformer(self, dtype: torch.dtype) -> torch.nn.Module:
         return self.load_part(self.transformer_class, "transformer", dtype)

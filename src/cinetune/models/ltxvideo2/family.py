@@ -155,6 +155,8 @@ class LTX2Family(ModelFamily):
     pipeline_class: ClassVar[type] = LibraryClass("diffusers.LTX2Pipeline")
     transformer_class: ClassVar[type] = LibraryClass("diffusers.LTX2VideoTransformer3DModel")
     latent_compression: ClassVar[tuple[int, int]] = (8, 32)
+    vae_class_name: ClassVar[str] = "AutoencoderKLLTX2Video"
+    text_encoders: ClassVar[dict[str, str]] = {"text_encoder_1": "gemma"}  # PromptEncoder.gemma
     comfyui_renames: ClassVar[dict[str, str]] = TRANSFORMER_RENAMES
     run_options: ClassVar[frozenset[str]] = frozenset(
         {"first_frame_conditioning_p", "ltx2_checkpoint_filename"}
@@ -293,7 +295,7 @@ class LTX2Family(ModelFamily):
         return tokenizer, text_module.make_prompt_encoder(gemma.eval(), connectors)
 
     def load_vae(self, dtype: torch.dtype) -> torch.nn.Module:
-        return self._load(library_class("diffusers.AutoencoderKLLTX2Video"), "vae", dtype)
+        return self._load(library_class(f"diffusers.{self.vae_class_name}"), "vae", dtype)
 
     def load_audio_vae(self, dtype: torch.dtype) -> torch.nn.Module:
         return self._load(library_class(_AUDIO_VAE), "audio_vae", dtype)
@@ -474,8 +476,10 @@ class LTX2Family(ModelFamily):
         batch, _, frames, height, width = latents.shape
         device = latents.device
         x0, eps = pack_latents(latents), pack_latents(noise)
-        if first_frame is not None and not bool(first_frame.any()):
-            first_frame = None  # one timestep per sample: the same as per token, cheaper
+        # one timestep per sample when no token is clean: the same as per token, cheaper (on the meta device,
+        # where the memory planner runs this, values are unknown: per token, the costlier case)
+        if first_frame is not None and first_frame.device.type != "meta" and not bool(first_frame.any()):
+            first_frame = None
 
         def inputs_at(noisy: torch.Tensor, s: torch.Tensor) -> dict[str, Any]:
             noisy, token_sigmas = with_clean_tokens(x0, noisy, s, first_frame)

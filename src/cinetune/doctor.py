@@ -192,17 +192,29 @@ def hugging_face() -> dict[str, Any]:
 
 
 def predicted_peak_bytes(plan: Any) -> float | None:
-    """The memory planner's predicted device peak of the run; None while this build has no planner.
+    """The memory planner's predicted device peak while training, at the largest bucket the datasets give
+    (as `cinetune check` prints it); None when no clip is usable (nothing to size)."""
+    from cinetune.data import SkipReport, scan_datasets
+    from cinetune.memory.report import RunMemory, largest_shape
 
-    The one place the doctor meets the planner (cinetune.memory, issue 10): wire it here once merged."""
-    return None
+    cfg = plan.train
+    samples = scan_datasets(
+        plan.training_media,
+        plan.family.frame_rule,
+        cfg.frame_rate,
+        cfg.seed,
+        SkipReport(),
+        audio_datasets=plan.data.datasets,
+    )
+    shape = largest_shape(plan, samples, cfg.train_batch_size)
+    return None if shape is None else float(RunMemory(plan, shape).estimate().device_peak)
 
 
 def config_fit(plan: Any, found: list[dict[str, Any]]) -> dict[str, Any]:
     peak = predicted_peak_bytes(plan)
     result: dict[str, Any] = {"model": f"{plan.family.name}/{plan.flavour.name}"}
     if peak is None:
-        result.update(planner="not available", fits=None)
+        result.update(planner="no usable clip to size the run by", fits=None)
         return result
     result["predicted_peak_gib"] = round(peak / GIB, 2)
     result["fits"] = bool(found) and all(peak <= g["free_gib"] * GIB for g in found)

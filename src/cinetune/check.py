@@ -112,3 +112,35 @@ def memory_lines(plan: RunPlan, shape: Shape | None) -> list[str]:
         )
         lines.append(f"  target_vram_gb {target:g}: the predicted peak {peak:.2f} GiB {verdict}")
     return lines
+
+
+def memory_advice(plan: RunPlan, width: int, height: int, frames: int, vram_gib: float | None) -> dict:
+    """The planner for the web UI and the configure wizard: the predicted peaks of `plan` at one sample size
+    (snapped to the family's frame rule) and, given a GPU size, the cheapest keys that fit it (what `cinetune
+    plan --vram` prints). Predictions from the architecture config: no weights are read."""
+    rule = plan.family.frame_rule
+    shape = Shape(
+        rule.side_down(width),
+        rule.side_down(height),
+        rule.adjust_frames(frames, "frames"),
+        plan.train.train_batch_size,
+    )
+    memory = RunMemory(plan, shape)
+    estimate = memory.estimate()
+    advice: dict = {
+        "shape": str(shape),
+        "lines": estimate.lines(),
+        "peak_gib": round(estimate.device_peak / 2**30, 2),
+        "host_gib": round(estimate.host / 2**30, 2),
+    }
+    if vram_gib is None:
+        return advice
+    advice["vram_gib"] = vram_gib
+    advice["fits"] = estimate.device_peak / 2**30 <= vram_gib
+    proposal = None if advice["fits"] else memory.propose(vram_gib)
+    if proposal is not None:
+        keys, proposed = proposal
+        advice["proposal"] = {"keys": keys, "lines": proposed.lines()}
+    elif not advice["fits"]:
+        advice["proposal"] = None  # nothing cinetune builds fits: lower resolution, frames or batch
+    return advice

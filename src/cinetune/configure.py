@@ -83,18 +83,56 @@ class Wizard:
         frames = self._frames(family, cls)
         self.ask_key("max_train_steps", "training steps", int, default=2000)
         self.ask_key("learning_rate", "learning rate", float, default=1e-4)
-        c.print(
-            "memory: the memory planner is not part of this build yet; gradient checkpointing saves the most"
-        )
         gc = Confirm.ask(
             "gradient checkpointing", default=self.config.get("gradient_checkpointing", True), console=c
         )
         self.config["gradient_checkpointing"] = gc
         self.ask_key("mixed_precision", "mixed precision", choices=["bf16", "fp16", "no"], default="bf16")
+        self._memory(size, frames)
         self.ask_key("validation_prompt", "validation prompt (Enter: none)")
         self.config["validation_resolution"] = f"{size[0]}x{size[1]}"
         self.config["validation_num_video_frames"] = frames
         self._write(folder, size, frames, cls.frame_rule)
+
+    def _memory(self, size: tuple[int, int], frames: int) -> None:
+        """The memory planner's advice for a GPU size (no weights read); its keys added on request."""
+        from cinetune.check import memory_advice
+        from cinetune.config import LoadedConfig
+        from cinetune.errors import CinetuneError
+        from cinetune.plan import resolve
+
+        c = self.console
+        while True:
+            answer = Prompt.ask(
+                "GPU memory in GiB, for the memory planner (Enter: skip)", default="", console=c
+            )
+            if not answer.strip():
+                return
+            try:
+                vram = float(answer)
+                if vram <= 0:
+                    raise ValueError
+                break
+            except ValueError:
+                c.print(f"'{answer}': a number of GiB, e.g. 24")
+        try:
+            train = build_train_config({**self.config, "report_to": "none"}, where="configure")
+            advice = memory_advice(resolve(LoadedConfig(train, None, None)), *size, frames, vram)
+        except CinetuneError as exc:
+            c.print(f"memory planner: cannot predict this config yet ({exc})")
+            return
+        c.print(f"memory (predicted at {advice['shape']}):", highlight=False)
+        for line in advice["lines"]:
+            c.print(f"  {line}", highlight=False)
+        if advice["fits"]:
+            c.print(f"fits {vram:g} GiB as it is")
+        elif advice["proposal"] is None:
+            c.print(f"nothing cinetune builds fits {vram:g} GiB here: lower the resolution or frames")
+        else:
+            keys = advice["proposal"]["keys"]
+            c.print(f"does not fit {vram:g} GiB; the cheapest settings that do: {json.dumps(keys)}")
+            if Confirm.ask("add these keys", default=True, console=c):
+                self.config.update(keys)
 
     def _data_dir(self) -> str:
         for entry in self.datasets or []:

@@ -28,7 +28,7 @@ def test_index_and_assets_come_from_the_package(server) -> None:
         meta = c.get("/api/meta").json()
     assert {"ltxvideo", "ltxvideo2", "kandinsky5-video"} <= set(meta["families"])
     assert "learning_rate" in meta["schema"]["train"]["properties"]
-    assert meta["memory_planner"] is None  # not merged yet: no numbers are made up
+    assert meta["memory_planner"] == "cinetune plan"
 
 
 def test_pickers_offer_only_the_familys_valid_values(server) -> None:
@@ -55,6 +55,28 @@ def test_create_from_each_template_and_the_plan_resolves_the_demo(server) -> Non
         pair = c.get(f"/api/projects/{demo}/config").json()
     assert pair["config"]["model_flavour"] == "tiny"
     assert pair["plan"]["ok"], pair["plan"]
+
+
+def test_the_memory_planner_answers_for_the_saved_pair(server) -> None:
+    """The Projects page's planner: the same estimate `cinetune check` / `plan` compute for the pair, whether
+    it fits a GPU size, and with a size nothing fits, no proposal rather than a wrong one."""
+    from cinetune.check import memory_advice
+    from cinetune.plan import resolve
+    from cinetune.prep.project import load_project
+
+    folder = _project(server, "mem")
+    with server.client() as c:
+        roomy = c.get("/api/projects/mem/memory", params={"vram": 24, "size": "64x48", "frames": 9}).json()
+        tight = c.get("/api/projects/mem/memory", params={"vram": 0.01, "size": "64x48", "frames": 9}).json()
+        bad = c.get("/api/projects/mem/memory", params={"size": "big"}).json()
+    expected = memory_advice(resolve(load_project(folder)), 64, 48, 9, 24)
+    assert (
+        roomy["ok"] and roomy["peak_gib"] == expected["peak_gib"] > 0 and roomy["shape"] == expected["shape"]
+    )
+    assert roomy["fits"] is True and "proposal" not in roomy
+    assert any(line.startswith("training: ") for line in roomy["lines"])
+    assert tight["fits"] is False and tight["proposal"] is None
+    assert not bad["ok"] and "WIDTHxHEIGHT" in bad["error"]
 
 
 def test_field_errors_come_back_per_key_and_nothing_is_written(server) -> None:

@@ -11,11 +11,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import psutil
 import pytest
 from tests.server.conftest import start_server, stop_server
+
+from cinetune.server.jobs import JOBS_DIR
 
 CHROMIUM = Path("/usr/bin/chromium")
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
@@ -28,6 +31,7 @@ ARGS = [
     "--no-first-run",
 ]
 STEPS = 60
+PAUSABLE = hasattr(signal, "SIGSTOP")  # POSIX
 
 
 def _need_browser() -> None:
@@ -68,7 +72,9 @@ def test_browser_end_to_end(tmp_path) -> None:
     root.mkdir()
     shots = tmp_path / "screenshots"
     shots.mkdir()
-    server = start_server(root)
+    # The training job holds still (SIGSTOP at its 2nd step) until the test has restarted the server and seen
+    # it reattach: on a fast machine the tiny run would otherwise end before the new server is up.
+    server = start_server(root, env={"CINETUNE_FAULT": "train.step:2:STOP"} if PAUSABLE else None)
     project = root / "demo"
     try:
         with sync_playwright() as pw:
@@ -96,7 +102,10 @@ def _projects_page(page, expect, server, project: Path, shots: Path):
     page.click("#create")
     expect(page.locator('#config-form [data-key="model_flavour"]')).to_have_value("tiny")
     expect(page.locator("#plan")).to_contain_text("resolves")
-    expect(page.locator("#memory-planner")).to_contain_text("not merged yet")
+    page.fill("#mem-vram", "24")
+    page.click("#mem-run")
+    expect(page.locator("#mem-out")).to_contain_text("fits 24 GiB as it is")
+    expect(page.locator("#mem-out")).to_contain_text("training: ")
     labels = page.locator("#resolution option").all_inner_texts()
     assert any("(portrait)" in t for t in labels) and any("(square)" in t for t in labels)
     _set_field(page, "lora_rank", "0")  # the schema's error shows next to its field, nothing is saved
@@ -147,6 +156,9 @@ def _training_page(page, expect, server, root: Path, shots: Path):
     page.goto(f"{server.url}/?project=demo")
     page.click('button[data-page="training"]')
     expect(page.locator("#train-state")).to_have_text("running", timeout=60_000)
+    if PAUSABLE:  # let the held run go on
+        note = json.loads((root / "demo" / JOBS_DIR / "train.json").read_text())
+        os.kill(note["pid"], signal.SIGCONT)
     page.wait_for_function(
         "parseInt(document.querySelector('#train-step').textContent) >= 1", timeout=120_000
     )

@@ -62,6 +62,9 @@ def test_configure_writes_a_pair_that_check_accepts_and_edits_it(tmp_path) -> No
     _answer(child, "learning rate", "0.0002")
     _answer(child, "gradient checkpointing", "y")
     _answer(child, "mixed precision", "no")
+    _answer(child, "GPU memory in GiB", "lots")  # asked again
+    _answer(child, "GPU memory in GiB", "24")
+    child.expect("fits 24 GiB as it is")  # the tiny model: the planner's prediction, no keys to add
     _answer(child, "validation prompt", "a red square")
     child.expect("written")
     child.expect(pexpect.EOF)
@@ -97,7 +100,13 @@ def test_configure_writes_a_pair_that_check_accepts_and_edits_it(tmp_path) -> No
     ):
         _answer(child, pattern, "")
     _answer(child, "training steps", "40")
-    for pattern in ("learning rate", "gradient checkpointing", "mixed precision", "validation prompt"):
+    for pattern in (
+        "learning rate",
+        "gradient checkpointing",
+        "mixed precision",
+        "GPU memory in GiB",
+        "validation prompt",
+    ):
         _answer(child, pattern, "")
     child.expect(pexpect.EOF)
     child.close()

@@ -68,7 +68,7 @@ def _project_routes(app: FastAPI, root: Path) -> None:
     static_meta = {  # built once: the schema and the families' choices do not change while serving
         "families": projects.families(),
         "schema": projects.schemas(),
-        "memory_planner": None,  # the planner lands with its own branch; the page says so
+        "memory_planner": "cinetune plan",  # the Projects page's panel calls /memory
     }
 
     @app.get("/api/meta")
@@ -89,6 +89,12 @@ def _project_routes(app: FastAPI, root: Path) -> None:
     def get_config(name: str) -> dict[str, Any]:
         folder = _existing(root, name)
         return {**projects.read_pair(folder), "plan": projects.plan_messages(folder)}
+
+    @app.get("/api/projects/{name}/memory")
+    def memory(
+        name: str, size: str | None = None, frames: int | None = None, vram: float | None = None
+    ) -> dict[str, Any]:
+        return projects.memory_advice(_existing(root, name), size, frames, vram)
 
     @app.post("/api/projects/{name}/validate")
     def validate(name: str, body: JsonBody) -> dict[str, Any]:

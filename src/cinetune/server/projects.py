@@ -142,6 +142,30 @@ def plan_messages(project: Path) -> dict[str, Any]:
     return {"ok": True, "error": None, "warnings": list(plan.warnings)}
 
 
+def memory_advice(project: Path, size: str | None, frames: int | None, vram: float | None) -> dict[str, Any]:
+    """The memory planner on the saved pair: predicted peaks at WIDTHxHEIGHT x frames (default: the
+    validation size, which `configure` and the templates set to the training size) and, with `vram`, the
+    cheapest keys that fit that GPU."""
+    from cinetune.check import memory_advice as advise
+    from cinetune.plan import resolve
+
+    try:
+        plan = resolve(load_project(project))
+    except CinetuneError as exc:
+        return {"ok": False, "error": f"the saved config does not resolve: {exc}"}
+    cfg = plan.train
+    text = size or cfg.validation_resolution.split(",")[0]
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        return {"ok": False, "error": f"size '{text}': expected WIDTHxHEIGHT"}
+    try:
+        advice = advise(plan, width, height, frames or cfg.validation_num_video_frames, vram)
+    except CinetuneError as exc:
+        return {"ok": False, "error": str(exc)}
+    return {"ok": True, **advice}
+
+
 def write_pair_raw(project: Path, config: dict[str, Any], datasets: list[Any]) -> None:
     (project / CONFIG).parent.mkdir(parents=True, exist_ok=True)
     for path, value in ((project / CONFIG, config), (project / BACKEND, datasets)):

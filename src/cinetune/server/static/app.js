@@ -186,6 +186,25 @@ $("#save").addEventListener("click", async () => {
   renderPlan(data.plan);
 });
 
+$("#mem-run").addEventListener("click", async () => {
+  const q = new URLSearchParams();
+  for (const [key, id] of [["vram", "#mem-vram"], ["size", "#mem-size"], ["frames", "#mem-frames"]]) {
+    if ($(id).value) q.set(key, $(id).value);
+  }
+  $("#mem-out").textContent = "predicting...";
+  const data = await pApi(`/memory?${q}`);
+  if (!data.ok) { $("#mem-out").textContent = data.error; return; }
+  const out = [`at ${data.shape} (predicted):`, ...data.lines.map((l) => `  ${l}`)];
+  if (data.vram_gib !== undefined) {
+    if (data.fits) out.push(`fits ${data.vram_gib} GiB as it is`);
+    else if (data.proposal) {
+      out.push(`does not fit ${data.vram_gib} GiB; the cheapest settings that do (config keys):`,
+        JSON.stringify(data.proposal.keys, null, 2), ...data.proposal.lines.map((l) => `  ${l}`));
+    } else out.push(`nothing cinetune builds fits ${data.vram_gib} GiB: lower the resolution, frames or batch`);
+  }
+  $("#mem-out").textContent = out.join("\n");
+});
+
 $("#create").addEventListener("click", async () => {
   $("#create-error").textContent = "";
   try {

@@ -35,6 +35,7 @@ from cinetune.objectives import (
     first_frame_mask,
     sample_latents,
     sample_sigmas,
+    to_device,
     with_clean_tokens,
 )
 
@@ -315,13 +316,13 @@ class LTXVideoFamily(ModelFamily):
                 batch_size, frames * height * width, height * width, self.first_frame_p, generator, True
             )
         inputs = self.prepare_inputs(
-            x0.to(device),
-            noise.to(device),
-            sigmas.to(device),
+            to_device(x0, device),
+            to_device(noise, device),
+            to_device(sigmas, device),
             batch.text,
             batch.frame_rate,
             dtype,
-            first_frame=first.to(device) if first is not None and bool(first.any()) else None,
+            first_frame=to_device(first, device) if first is not None and bool(first.any()) else None,
         )
         return [inputs]
 

@@ -12,6 +12,7 @@ import pytest
 from cinetune.check import check_report
 from cinetune.cli import main
 from cinetune.config import load_config
+from cinetune.errors import NotSupportedYet
 from cinetune.plan import resolve
 
 _LTX2 = {"model_family": "ltxvideo2", "model_flavour": "tiny"}
@@ -198,6 +199,19 @@ def test_resolved_config_carries_the_family_defaults(tmp_path: Path, clips_dir: 
     check_report(nabla, lines.append)
     assert "attention: flex backend, transformer blocks compiled" in lines
     assert plan.train.compile_transformer_blocks is False  # other models: off unless asked
+    with pytest.raises(NotSupportedYet, match=r"compile_transformer_blocks \(this flavour's default\) with"):
+        resolve(  # CREPA's block hook would be compiled by the flavour's default: said, not trained wrong
+            load_config(
+                make_config(
+                    tmp_path / "k5-tread",
+                    clips_dir,
+                    None,
+                    model_family="kandinsky5-video",
+                    model_flavour="t2v-lite-sft-10s",
+                    crepa_enabled=True,
+                )
+            )
+        )
 
 
 def test_train_snapshots_the_resolved_config(tmp_path: Path, clips_dir: Path, make_config) -> None:

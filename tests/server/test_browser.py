@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import time
 from pathlib import Path
 
 import psutil
@@ -156,9 +157,13 @@ def _training_page(page, expect, server, root: Path, shots: Path):
     page.goto(f"{server.url}/?project=demo")
     page.click('button[data-page="training"]')
     expect(page.locator("#train-state")).to_have_text("running", timeout=60_000)
-    if PAUSABLE:  # let the held run go on
-        note = json.loads((root / "demo" / JOBS_DIR / "train.json").read_text())
-        os.kill(note["pid"], signal.SIGCONT)
+    if PAUSABLE:  # once the run holds at its fault point (it may still be caching), let it go on
+        job = psutil.Process(json.loads((root / "demo" / JOBS_DIR / "train.json").read_text())["pid"])
+        deadline = time.monotonic() + 300
+        while job.status() != psutil.STATUS_STOPPED:
+            assert time.monotonic() < deadline, "the training job never reached its fault point"
+            time.sleep(0.2)
+        job.resume()
     page.wait_for_function(
         "parseInt(document.querySelector('#train-step').textContent) >= 1", timeout=120_000
     )

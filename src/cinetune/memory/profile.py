@@ -53,8 +53,9 @@ class _FusedAttention(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> Any:  # never run: the profile stops after forward
-        raise NotImplementedError
+    def backward(ctx: Any, grad: torch.Tensor) -> Any:
+        # The profile measures what forward saves and stops there; a backward through it is a misuse.
+        raise RuntimeError("the memory profile's attention stand-in has no backward (forward only)")
 
 
 @contextmanager

@@ -29,7 +29,10 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+from tests.context_parallel_probes import CONTEXT_PARALLEL_KEYS
+from tests.fsdp_probes import FSDP_KEYS
 from tests.memory_probes import MEMORY_KEYS
+from tests.multinode_probes import MULTINODE_KEYS
 
 from cinetune import cli
 from cinetune.benchmark import synthetic_batch
@@ -1794,6 +1797,9 @@ ROUTE_KEYS: dict[str, Any] = {
     "end_layer_idx": probe_end_layer_idx,
 }
 TRAIN_KEYS.update(MEMORY_KEYS)
+TRAIN_KEYS.update(FSDP_KEYS)
+TRAIN_KEYS.update(MULTINODE_KEYS)
+TRAIN_KEYS.update(CONTEXT_PARALLEL_KEYS)
 TABLES: dict[type, dict[str, Any]] = {
     TrainConfig: TRAIN_KEYS,
     TreadConfig: TREAD_KEYS,

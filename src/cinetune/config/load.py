@@ -20,17 +20,10 @@ from cinetune.errors import ConfigError, NotSupportedYet
 NOT_SUPPORTED_YET: dict[str, str] = {
     "enable_block_swap": "block swap under this name (use musubi_blocks_to_swap)",
     "blocks_to_swap": "block swap under this name (use musubi_blocks_to_swap)",
-    "context_parallel_size": "context parallelism",
-    "context_parallel_comm_strategy": "context parallelism",
     "crepa_config": "a CREPA config block (cinetune reads the crepa_* keys)",
     "quantize_activations": "quantization",
     "fuse_qkv_projections": "fused QKV projections",
     "deepspeed_config": "DeepSpeed",
-    "fsdp_enable": "FSDP2 sharding",
-    "num_machines": "multi-node training",
-    "machine_rank": "multi-node training",
-    "main_process_ip": "multi-node training",
-    "main_process_port": "multi-node training",
     "push_to_hub": "pushing to the hub",
     "hub_model_id": "pushing to the hub",
     "controlnet": "ControlNet",
@@ -43,7 +36,7 @@ NOT_SUPPORTED_PREFIXES: dict[str, str] = {
     "crepa_": "this CREPA option",
     "scheduled_sampling_": "this scheduled-sampling option",
     "ema_": "this EMA option",
-    "fsdp_": "FSDP2 sharding",
+    "fsdp_": "this FSDP option (cinetune shards the family's declared transformer blocks)",
     "tread_": "TREAD token routing",
 }
 # Values the quickstarts use for features not built yet: key -> {value prefix/suffix test, what it is}. A

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # Weight-only quantization of frozen weights (LoRA trains on top in full precision).
 QUANTIZED_PRECISIONS = (
@@ -97,6 +97,47 @@ class MemoryOptions(BaseModel):
     vae_enable_slicing: bool = Field(
         False, description="VAE one sample of a batch at a time (diffusers' enable_slicing)."
     )
+    # sharding over several processes (FSDP2) and sequence sharding (context parallelism)
+    fsdp_enable: bool = Field(
+        False,
+        description="Shard the transformer over the processes with PyTorch FSDP2 (fully_shard on each "
+        "declared transformer block, then the root): each rank holds 1/N of the frozen weights, the LoRA and "
+        "its optimizer state, and gathers a block's weights only for its forward and backward. DDP (every rank "
+        "holds everything) stays the default.",
+    )
+    fsdp_version: Literal[1, 2] = Field(
+        2, description="FSDP version: 2 (DTensor fully_shard). 1 is not built."
+    )
+    fsdp_reshard_after_forward: bool = Field(
+        True,
+        description="Free a block's gathered weights after its forward and gather them again for its "
+        "backward (least memory); false keeps them until the backward (one all-gather less per block, more "
+        "memory).",
+    )
+    fsdp_state_dict_type: Literal["SHARDED_STATE_DICT", "FULL_STATE_DICT"] = Field(
+        "SHARDED_STATE_DICT",
+        description="Checkpoints under FSDP2: SHARDED_STATE_DICT (each rank writes its shard with "
+        "torch.distributed.checkpoint) or FULL_STATE_DICT (gathered onto rank 0 into one file). Either way "
+        "the checkpoint also holds the whole LoRA. sharded / full are read as these.",
+    )
+    fsdp_cpu_ram_efficient_loading: bool = Field(
+        False,
+        description="Under FSDP2, only rank 0 reads the transformer's weights into host RAM; the other ranks "
+        "build it on the meta device and receive their shards from rank 0 (one copy in host RAM instead of "
+        "one per rank); a FULL_STATE_DICT resume is likewise read by rank 0 and broadcast.",
+    )
+    fsdp_auto_wrap_policy: Literal["TRANSFORMER_BASED_WRAP"] = Field(
+        "TRANSFORMER_BASED_WRAP",
+        description="What FSDP2 shards as one unit: the family's declared transformer blocks "
+        "(TRANSFORMER_BASED_WRAP).",
+    )
+    context_parallel_size: int = Field(
+        1, ge=1, description="Split each clip's token sequence over this many ranks (context parallelism)."
+    )
+    context_parallel_comm_strategy: Literal["allgather", "alltoall"] = Field(
+        "allgather",
+        description="Context parallelism's exchange: allgather (ring attention) or alltoall (Ulysses).",
+    )
     # memory planner
     target_vram_gb: float | None = Field(
         None,
@@ -104,3 +145,12 @@ class MemoryOptions(BaseModel):
         description="Device memory to fit in, GiB: `cinetune check` says whether the config's predicted peak "
         "fits, and `cinetune plan` proposes the cheapest settings that do.",
     )
+
+    @field_validator("fsdp_state_dict_type", mode="before")
+    @classmethod
+    def _state_dict_type(cls, value: object) -> object:
+        """sharded / full / SHARDED / sharded_state_dict: the spellings accelerate and the quickstarts use."""
+        if isinstance(value, str):
+            upper = value.strip().upper()
+            return {"SHARDED": "SHARDED_STATE_DICT", "FULL": "FULL_STATE_DICT"}.get(upper, upper)
+        return value

@@ -344,7 +344,24 @@ class TrainConfig(MemoryOptions):
         "the Kandinsky 5 NABLA flavours (uncompiled flex attention materialises the full score matrix and "
         "runs out of memory), off otherwise; false turns it off.",
     )
-    num_processes: int = Field(1, ge=1, description="Processes to launch (DDP through accelerate).")
+    num_processes: int = Field(
+        1,
+        ge=1,
+        description="Processes to launch in all (DDP through accelerate; FSDP2 with fsdp_enable). With "
+        "num_machines > 1 this is the total over all machines, as in accelerate.",
+    )
+    num_machines: int = Field(
+        1, ge=1, description="Machines (nodes) the run spans; each starts `cinetune train`."
+    )
+    machine_rank: int = Field(
+        0, ge=0, description="This machine's rank, 0 .. num_machines-1 (0: the main one)."
+    )
+    main_process_ip: str | None = Field(
+        None, description="Address of machine 0, which every machine connects to (num_machines > 1)."
+    )
+    main_process_port: int = Field(
+        29500, ge=1, le=65535, description="Port of machine 0 for the rendezvous (num_machines > 1)."
+    )
     cpu: bool = Field(False, description="Train on CPU even when a GPU is present (tests, demos).")
     max_sequence_length: int | None = Field(None, ge=1, description="Text tokens. Default: the family's.")
 

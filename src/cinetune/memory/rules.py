@@ -34,6 +34,7 @@ def check_memory(cfg: Any, family: Any) -> None:
     _check_offload(cfg)
     _check_vae(cfg, family)
     _check_training_extras(cfg)
+    _check_scale(cfg, family)
     _warn_moot(cfg)
 
 
@@ -65,6 +66,36 @@ def _check_training_extras(cfg: Any) -> None:
         raise NotSupportedYet(
             f"{extras[0]} with {memory[0]} is not supported yet: the training extras have not been tested on "
             "quantized, offloaded or swapped transformer blocks; train with one of them"
+        )
+
+
+def _check_scale(cfg: Any, family: Any) -> None:
+    """FSDP2, several machines and context parallelism: what they need and what they combine with."""
+    if cfg.num_machines > 1:
+        if cfg.machine_rank >= cfg.num_machines:
+            raise ConfigError(
+                f"machine_rank {cfg.machine_rank}: the machines are numbered 0..{cfg.num_machines - 1}"
+            )
+        if not cfg.main_process_ip:
+            raise ConfigError(
+                f"num_machines {cfg.num_machines}: set main_process_ip to machine 0's address (every machine "
+                "connects to it)"
+            )
+        if cfg.num_processes % cfg.num_machines:
+            raise ConfigError(
+                f"num_processes {cfg.num_processes} is the total over all machines: it must be a multiple of "
+                f"num_machines {cfg.num_machines}"
+            )
+    elif cfg.machine_rank:
+        raise ConfigError(f"machine_rank {cfg.machine_rank} with num_machines 1: the only machine is 0")
+    if cfg.context_parallel_size > 1:
+        raise NotSupportedYet("context_parallel_size > 1 (context parallelism) is not supported yet")
+    if not cfg.fsdp_enable:
+        return
+    if cfg.fsdp_version != 2:
+        raise NotSupportedYet(
+            "fsdp_version 1 is not supported yet: cinetune shards with FSDP2 (fsdp_version 2), which "
+            "replaces it"
         )
 
 

@@ -101,9 +101,9 @@ class MemoryOptions(BaseModel):
     fsdp_enable: bool = Field(
         False,
         description="Shard the transformer over the processes with PyTorch FSDP2 (fully_shard on each "
-        "declared transformer block, then the root): each rank holds 1/N of the frozen weights, the LoRA and "
-        "its optimizer state, and gathers a block's weights only for its forward and backward. DDP (every rank "
-        "holds everything) stays the default.",
+        "declared transformer block, then the root): each rank holds 1/N of the frozen weights, the LoRA "
+        "and its optimizer state, and gathers a block's weights only for its forward and backward. DDP "
+        "(every rank holds everything) stays the default.",
     )
     fsdp_version: Literal[1, 2] = Field(
         2, description="FSDP version: 2 (DTensor fully_shard). 1 is not built."

@@ -47,9 +47,13 @@ def save_diffusers_lora(
     model: torch.nn.Module,
     adapter_config: dict[str, Any],
     dtype: torch.dtype = torch.float32,
+    state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write the LoRA of `model` in the layout `pipeline_class.load_lora_weights` reads."""
-    state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in get_peft_model_state_dict(model).items()}
+    """Write the LoRA of `model` (or its `state` given, peft's key names) in the layout
+    `pipeline_class.load_lora_weights` reads."""
+    if state is None:
+        state = get_peft_model_state_dict(model)
+    state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in state.items()}
     pipeline_class.save_lora_weights(
         output_dir,
         transformer_lora_layers=state,

@@ -6,6 +6,7 @@ style), between the model families (below) and the caches and trainer (above).
   offloaded weights back for the backward pass;
 - `swap.py`      block swap (`musubi_blocks_to_swap`), streamed in for forward and backward;
 - `vae.py`       VAE patch convolution, temporal roll, tiling, slicing;
+- `fsdp.py`      FSDP2: the transformer sharded over the ranks (`fsdp_enable`), its checkpoints;
 - `rules.py`     what combines with what (called by `plan.resolve`, so check and train agree);
 - `planner.py`   predicted peak device memory and host RAM, and the cheapest settings that fit.
 
@@ -49,11 +50,18 @@ def prepare_base_weights(transformer: torch.nn.Module, plan: Any, device: torch.
 
 
 def prepare_for_training(
-    accelerator: Any, transformer: torch.nn.Module, optimizer: Any, plan: Any
+    accelerator: Any, transformer: torch.nn.Module, optimizer: Any, plan: Any, sharded: bool = False
 ) -> tuple[torch.nn.Module, Any]:
     """After adapters: group offload or block swap of the frozen weights (LoRA stays on the device), then
-    the engine that places and wraps the model (accelerate: device placement and DDP)."""
+    the engine that places and wraps the model (accelerate: device placement and DDP). A model FSDP2 has
+    sharded (`sharded`, memory/fsdp.py) is not wrapped: only its optimizer is prepared, and its forward
+    autocast as accelerate would."""
     cfg, device = plan.train, accelerator.device
+    if sharded:
+        from cinetune.memory.fsdp import autocast_forward
+
+        autocast_forward(transformer, device, _DTYPES.get(accelerator.mixed_precision, torch.float32))
+        return transformer, accelerator.prepare(optimizer)
     blocks = plan.family.blocks(transformer)
     if cfg.enable_group_offload:
         from cinetune.memory.offload import apply_group_offload

@@ -97,6 +97,30 @@ def _check_scale(cfg: Any, family: Any) -> None:
             "fsdp_version 1 is not supported yet: cinetune shards with FSDP2 (fsdp_version 2), which "
             "replaces it"
         )
+    untested = [
+        name
+        for name, on in (
+            (f"base_model_precision {cfg.base_model_precision}", is_quantized(cfg.base_model_precision)),
+            ("enable_group_offload", cfg.enable_group_offload),
+            ("musubi_blocks_to_swap", bool(cfg.musubi_blocks_to_swap)),
+            ("compile_transformer_blocks", bool(cfg.compile_transformer_blocks)),
+            ("tread_config", cfg.tread_config is not None),
+            ("crepa_enabled", cfg.crepa_enabled),
+            ("scheduled_sampling_max_step_offset", bool(cfg.scheduled_sampling_max_step_offset)),
+            ("use_dora", cfg.use_dora),
+            ("lora_type lycoris", cfg.lora_type == "lycoris"),
+            ("use_ema", cfg.use_ema),
+        )
+        if on
+    ]
+    if untested:
+        why = {
+            "base_model_precision": "FSDP2 shards parameters as DTensors, which quantized weights are not",
+            "enable_group_offload": "FSDP2 already keeps only a shard of each block on the device; offload "
+            "hooks and FSDP's gather hooks would both move the same weights",
+            "musubi_blocks_to_swap": "FSDP2 already keeps only a shard of each block on the device",
+        }.get(untested[0].split()[0], "it has not been tested on sharded transformer blocks")
+        raise NotSupportedYet(f"{untested[0]} with fsdp_enable is not supported yet: {why}")
 
 
 def _check_quantization(cfg: Any, family: Any) -> None:
@@ -177,6 +201,14 @@ def _warn_moot(cfg: Any) -> None:
         moot += [(k, "enable_group_offload is false") for k in _OFFLOAD_KEYS if k in given]
     if cfg.group_offload_type == "leaf_level" and "group_offload_blocks_per_group" in given:
         moot.append(("group_offload_blocks_per_group", "group_offload_type is leaf_level"))
+    fsdp_keys = ("fsdp_version", "fsdp_reshard_after_forward", "fsdp_state_dict_type")
+    fsdp_keys += ("fsdp_cpu_ram_efficient_loading", "fsdp_auto_wrap_policy")
+    if not cfg.fsdp_enable:
+        moot += [(k, "fsdp_enable is false") for k in fsdp_keys if k in given]
+    elif cfg.num_processes == 1:
+        moot.append(("fsdp_enable", "one process holds the whole model (set num_processes)"))
+    if cfg.context_parallel_size == 1 and "context_parallel_comm_strategy" in given:
+        moot.append(("context_parallel_comm_strategy", "context_parallel_size is 1"))
     if not cfg.musubi_blocks_to_swap and "musubi_block_swap_device" in given:
         moot.append(("musubi_block_swap_device", "musubi_blocks_to_swap is 0"))
     quantizes = any(

@@ -36,6 +36,7 @@ from cinetune.export.lora import (
     LYCORIS_MODULES_KEY,
     save_diffusers_lora,
 )
+from cinetune.memory.fsdp import full
 
 logger = logging.getLogger(__name__)
 _PEFT_LOKR_PARTS = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b")
@@ -65,7 +66,10 @@ class PeftAdapter:
             raise ConfigError(f"lora_target_modules {self.targets}: {exc}") from exc
 
     def state_dict(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
-        return {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
+        """The adapter's tensors on the CPU; under FSDP2 gathered from every rank's shard (a collective that
+        every rank joins)."""
+        state = get_peft_model_state_dict(model)
+        return {k: full(v.detach()).cpu().contiguous() for k, v in state.items()}
 
     def load_state_dict(self, model: torch.nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
         """Load; the unexpected keys (a state of another setup)."""
@@ -83,10 +87,13 @@ class PeftAdapter:
             shape["use_dora"] = True
         return shape
 
-    def save(self, folder: Path, family: Any, model: torch.nn.Module) -> Path:
+    def save(
+        self, folder: Path, family: Any, model: torch.nn.Module, state: dict[str, torch.Tensor] | None = None
+    ) -> Path:
+        """The diffusers file of the model's LoRA (`state`: its tensors, already gathered under FSDP2)."""
         config = self.config.to_dict()
         config["target_modules"] = sorted(config["target_modules"])
-        return save_diffusers_lora(folder, family.pipeline_class, model, config)
+        return save_diffusers_lora(folder, family.pipeline_class, model, config, state=state)
 
     def load_init(self, model: torch.nn.Module, path: Path) -> None:
         """init_lora: start from the weights of a diffusers LoRA file."""
@@ -166,7 +173,9 @@ class LycorisAdapter:
         shapes = {k: list(v.shape) for k, v in self.network.state_dict().items()}
         return {"lycoris": self.settings.get("algo"), "tensors": len(shapes), "numel": _numel(shapes)}
 
-    def save(self, folder: Path, family: Any, model: torch.nn.Module) -> Path:
+    def save(
+        self, folder: Path, family: Any, model: torch.nn.Module, state: dict[str, torch.Tensor] | None = None
+    ) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         metadata = {
             LYCORIS_MODULES_KEY: json.dumps(self.modules),
@@ -174,7 +183,7 @@ class LycorisAdapter:
             "format": "lycoris",
         }
         path = folder / DIFFUSERS_FILE
-        state = self.state_dict(model)
+        state = self.state_dict(model) if state is None else state
         save_file(state, str(path), metadata=metadata)
         if self.settings.get("algo") == "lokr":
             lokr = lokr_to_peft(state, self.modules)

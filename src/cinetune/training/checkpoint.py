@@ -41,8 +41,15 @@ class Checkpointer:
         accelerator: Any,
         adapter: Any,
         parts: Sequence[Any] = (),
+        fsdp: str | None = None,
+        rank0_loads: bool = False,
     ) -> None:
         self.output_dir = Path(output_dir)
+        # FSDP2 (memory/fsdp.py): the state dict type its trained parameters and optimizer state are saved in;
+        # None: a plain or DDP run, whose rank 0 holds all of it. `rank0_loads`: FULL_STATE_DICT resumes are
+        # read by rank 0 and broadcast (fsdp_cpu_ram_efficient_loading).
+        self.fsdp = fsdp
+        self.rank0_loads = rank0_loads
         self.total_limit = total_limit
         self.accelerator = accelerator
         self.adapter = adapter  # training/adapters.py: its state, and the shape a checkpoint must match
@@ -72,6 +79,11 @@ class Checkpointer:
             if acc.is_main_process:
                 self._write_main(tmp, step, lora, model, optimizer, scheduler, state)
             acc.wait_for_everyone()
+            if self.fsdp is not None:  # every rank writes its shard (SHARDED) or sends it to rank 0 (FULL)
+                from cinetune.memory.fsdp import save_state
+
+                save_state(tmp, model, optimizer, self.fsdp, acc.is_main_process)
+                fault_point("checkpoint.file")
             torch.save(rng_state(state.generator), tmp / f"rng_{acc.process_index}.pt")
             fault_point("checkpoint.file")
             acc.wait_for_everyone()
@@ -111,14 +123,17 @@ class Checkpointer:
         tmp.mkdir(parents=True)
         save_file(lora, str(tmp / LORA_FILE))
         fault_point("checkpoint.file")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        fault_point("checkpoint.file")
+        if self.fsdp is None:  # FSDP2: `save_state` writes the optimizer state, once every rank is here
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            fault_point("checkpoint.file")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         if acc.scaler is not None:  # fp16: the loss scale and its growth tracker
             torch.save(acc.scaler.state_dict(), tmp / "scaler.pt")
         for part in self.parts:
             part.save(tmp)
         meta = {**state.state_dict(), "world_size": acc.num_processes, "lora": self.adapter.shape(model)}
+        if self.fsdp is not None:
+            meta["fsdp"] = self.fsdp
         (tmp / "state.json").write_text(json.dumps(meta))
         fault_point("checkpoint.file")
 
@@ -189,15 +204,28 @@ class Checkpointer:
                 f"checkpoint {path} holds a LoRA of {meta['lora']}; this run asks for {shape}: use the same "
                 "lora_rank, lora_alpha, lora_target_modules, use_dora, lora_type and lycoris_config to resume"
             )
-        unexpected = self.adapter.load_state_dict(model, load_file(str(path / LORA_FILE)))
-        if unexpected:
+        saved_as = meta.get("fsdp")
+        if saved_as != self.fsdp:
             raise ConfigError(
-                f"checkpoint {path} does not match this LoRA setup: unexpected {unexpected[:3]}"
+                f"checkpoint {path} was written {_engine(saved_as)}; this run trains {_engine(self.fsdp)}: "
+                "resume it with the same fsdp_enable and fsdp_state_dict_type"
             )
-        # Without map_location every rank would put its copy on the device it was saved from (cuda:0) first.
-        # Read onto the CPU: the optimizer's load_state_dict moves each state tensor to its parameter's
-        # device (this rank's) and keeps `step` on the CPU, as non-capturable optimizers need.
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False))
+        if self.fsdp is not None:
+            from cinetune.memory.fsdp import load_state
+
+            load_state(path, model, optimizer, self.fsdp, self.rank0_loads)
+        else:
+            unexpected = self.adapter.load_state_dict(model, load_file(str(path / LORA_FILE)))
+            if unexpected:
+                raise ConfigError(
+                    f"checkpoint {path} does not match this LoRA setup: unexpected {unexpected[:3]}"
+                )
+            # Without map_location every rank would put its copy on the device it was saved from (cuda:0)
+            # first. Read onto the CPU: the optimizer's load_state_dict moves each state tensor to its
+            # parameter's device (this rank's) and keeps `step` on the CPU, as non-capturable optimizers need.
+            optimizer.load_state_dict(
+                torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False)
+            )
         scheduler.load_state_dict(torch.load(path / "scheduler.pt", map_location="cpu", weights_only=False))
         if acc.scaler is not None and (path / "scaler.pt").exists():
             acc.scaler.load_state_dict(torch.load(path / "scaler.pt", map_location="cpu", weights_only=False))
@@ -206,6 +234,10 @@ class Checkpointer:
         state.load_state_dict(meta)
         rng = torch.load(path / f"rng_{acc.process_index}.pt", map_location="cpu", weights_only=False)
         load_rng_state(rng, state.generator)
+
+
+def _engine(fsdp: str | None) -> str:
+    return "without FSDP2" if fsdp is None else f"with FSDP2 ({fsdp})"
 
 
 def last_verified(output_dir: Path) -> Path | None:

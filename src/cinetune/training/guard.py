@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from cinetune.errors import TrainingDiverged
+from cinetune.memory.fsdp import full, local
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ def measure_step(
         norm = torch.as_tensor(acc.clip_grad_norm_(params, max_grad_norm))
     else:  # no clipping, but a non-finite gradient must still be seen
         norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+    norm = full(norm)  # FSDP2: the norm over sharded gradients is a DTensor
     device = total.device
     shared = acc.reduce(torch.stack([total, torch.tensor(float(stop_requested), device=device)]), "mean")
     names = list(streams)
@@ -138,10 +140,19 @@ class NonFiniteGuard:
             f"{self.advice}"
         )
 
-    def require_finite_lora(self, model: torch.nn.Module, step: int, what: str) -> None:
-        """Nothing non-finite leaves the run: TrainingDiverged before `what` would be written."""
+    def require_finite_lora(
+        self,
+        model: torch.nn.Module,
+        step: int,
+        what: str,
+        state: dict[str, torch.Tensor] | None = None,
+    ) -> None:
+        """Nothing non-finite leaves the run: TrainingDiverged before `what` would be written. `state`: the
+        adapter's state already gathered (FSDP2), else the model's trained parameters are read."""
         # the trained parameters: the adapter's (LoRA, DoRA, LyCORIS) and the training extras' (a projector)
-        if not lora_is_finite({n: p.detach() for n, p in model.named_parameters() if p.requires_grad}):
+        if state is None:
+            state = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+        if not lora_is_finite(state):
             raise TrainingDiverged(
                 f"step {step}: the LoRA weights hold non-finite values; {what} not written "
                 f"(the last good checkpoint: {self.last_checkpoint() or 'none'})"
@@ -161,4 +172,5 @@ def advice_for(cfg: Any) -> str:
 
 
 def lora_is_finite(tensors: dict[str, torch.Tensor]) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in tensors.values())
+    """Whether every value is finite (of a DTensor: this rank's shard)."""
+    return all(bool(torch.isfinite(local(t)).all()) for t in tensors.values())

@@ -23,6 +23,7 @@ from cinetune.errors import CacheEntryDamaged, RunStopped, disk_errors
 from cinetune.export.lora import COMFYUI_FILE, staged_files
 from cinetune.faults import fault_point
 from cinetune.memory import frozen_dtype, prepare_base_weights, prepare_for_training
+from cinetune.memory.fsdp import gradient_sync
 from cinetune.memory.vae import apply_vae_memory
 from cinetune.plan import RunPlan, resolve_checkpoint
 from cinetune.training.adapters import build_adapter
@@ -96,6 +97,9 @@ class Trainer:
             generator=torch.Generator().manual_seed(self.cfg.seed + 7919 * self.acc.process_index)
         )
         self.max_sequence_length = self.cfg.max_sequence_length
+        # FSDP2 (memory/fsdp.py): the transformer sharded over the ranks; with one process there is nothing
+        # to shard over (the plan warns) and the run is a plain one.
+        self.fsdp = self.cfg.fsdp_enable and self.acc.num_processes > 1
         self.prompts: dict[str, str] = dict(plan.validation_prompts)
         # reliability (docs/ARCHITECTURE.md, "When a run fails"): signals, non-finite steps
         self.stop = StopFlag()
@@ -186,7 +190,12 @@ class Trainer:
         self.total_steps = cfg.max_train_steps or cfg.num_train_epochs * self.steps_per_epoch
         # On several ranks one at a time reads the transformer and moves it to its device (training/ranks.py).
         load = in_turn(self.output_dir, "transformer", self.acc.num_processes > 1)
-        transformer = load(lambda: self.family.load_transformer(self.weight_dtype).to(self.device))
+        if self.fsdp and cfg.fsdp_cpu_ram_efficient_loading:  # rank 0 alone reads: no turns to take
+            transformer = self._load_for_fsdp()
+        elif self.fsdp:  # sharding moves the weights to the device block by block, never the whole model
+            transformer = load(lambda: self.family.load_transformer(self.weight_dtype))
+        else:
+            transformer = load(lambda: self.family.load_transformer(self.weight_dtype).to(self.device))
         self.setup_model(transformer, self.total_steps)
         self.checkpointer = Checkpointer(
             self.output_dir,
@@ -194,6 +203,8 @@ class Trainer:
             self.acc,
             self.adapter,
             self.extras.checkpoint_parts(),
+            fsdp=self.cfg.fsdp_state_dict_type if self.fsdp else None,
+            rank0_loads=self.cfg.fsdp_cpu_ram_efficient_loading,
         )
         self.validator = self._make_validator()
         self.metrics = MetricsLog(self.output_dir, self.acc, cfg.report_to != "none")
@@ -237,15 +248,30 @@ class Trainer:
         if cfg.compile_transformer_blocks:
             apply_regional_compile(transformer)
         transformer.train()
+        if self.fsdp:  # before the optimizer: it must hold the sharded parameters
+            from cinetune.memory.fsdp import shard_for_training
+
+            shard_for_training(transformer, self.plan, self.device, cfg.fsdp_cpu_ram_efficient_loading)
+            params = [p for p in transformer.parameters() if p.requires_grad]
         optimizer = build_optimizer(params, cfg)
         self.scheduler = build_scheduler(optimizer, cfg, total_steps)
-        self.model, self.optimizer = prepare_for_training(self.acc, transformer, optimizer, self.plan)
+        self.model, self.optimizer = prepare_for_training(
+            self.acc, transformer, optimizer, self.plan, sharded=self.fsdp
+        )
         self.params = params
         self.extras.start(self.acc.unwrap_model(self.model), self.device)
 
+    def _load_for_fsdp(self) -> torch.nn.Module:
+        """fsdp_cpu_ram_efficient_loading: rank 0 alone reads the weights (on the CPU); the others build the
+        transformer on the meta device and get their shards from rank 0 once it is sharded."""
+        from cinetune.memory.fsdp import load_on_rank0
+
+        return load_on_rank0(self.family, self.weight_dtype)
+
     def _make_validator(self) -> Validator | None:
         cfg = self.cfg
-        if cfg.disable_validation or not self.prompts or not self.acc.is_main_process:
+        # Under FSDP2 every rank runs the validation (each holds a shard of every block); rank 0 writes.
+        if cfg.disable_validation or not self.prompts or not (self.acc.is_main_process or self.fsdp):
             return None
         if cfg.offload_during_startup and self.device.type == "cpu":
             logger.warning(
@@ -266,6 +292,7 @@ class Trainer:
             offload_vae=cfg.offload_during_startup,
             condition_images=condition_images(self.family, cfg, self.plan.media, self.samples),
             frame_rate=self._training_frame_rate(),
+            write=self.acc.is_main_process,
         )
 
     def _training_frame_rate(self) -> float:
@@ -371,7 +398,10 @@ class Trainer:
         streams: dict[str, torch.Tensor] = {}
         for n, batch in enumerate(batches):
             sync = n == len(batches) - 1
-            context = self.acc.no_sync(self.model) if not sync else nullcontext()
+            if self.fsdp:
+                context = gradient_sync(self.model, sync)
+            else:
+                context = self.acc.no_sync(self.model) if not sync else nullcontext()
             with context:
                 out = step_loss(
                     self.family,
@@ -444,7 +474,9 @@ class Trainer:
                     step,
                     self.acc.unwrap_model(self.model),
                     self.output_dir,
-                    on_video=lambda name, v: self.metrics.log_video_frames(step, name, v),
+                    on_video=lambda name, v: (
+                        self.metrics.log_video_frames(step, name, v) if self.acc.is_main_process else None
+                    ),
                     tag=tag,
                 )
         self.acc.wait_for_everyone()
@@ -464,7 +496,7 @@ class Trainer:
 
     def export(self) -> dict[str, Any]:
         step = self.state.step
-        if self.acc.num_processes > 1:
+        if self.acc.num_processes > 1 and not self.fsdp:  # FSDP2: each rank holds its own shard by design
             self.check_ranks_in_sync()
         if self.cfg.checkpointing_steps:
             self.save_checkpoint()
@@ -472,9 +504,13 @@ class Trainer:
         videos = self.validate(step)
         result: dict[str, Any] = {"steps": step, "losses": self.losses, "videos": [str(v) for v in videos]}
         self.stop_if_requested()
+        # the adapter's state, gathered from the shards under FSDP2 (every rank takes part)
+        state = self.adapter.state_dict(self.acc.unwrap_model(self.model)) if self.fsdp else None
         if self.acc.is_main_process:
-            self.guard.require_finite_lora(self.acc.unwrap_model(self.model), step, "the LoRA files are")
-            result["lora"], result["comfyui"] = self.export_lora(self.output_dir)
+            self.guard.require_finite_lora(
+                self.acc.unwrap_model(self.model), step, "the LoRA files are", state
+            )
+            result["lora"], result["comfyui"] = self.export_lora(self.output_dir, state)
             for folder, weights in self.extras.export_variants(self.output_dir):  # the EMA's LoRA
                 with weights():
                     result[folder.name] = self.export_lora(folder)[0]
@@ -482,11 +518,12 @@ class Trainer:
         self.acc.end_training()
         return result
 
-    def export_lora(self, folder: Path) -> tuple[str, str]:
-        """The diffusers (LyCORIS: LyCORIS's) and ComfyUI files of the model's adapter as it is now."""
+    def export_lora(self, folder: Path, state: dict[str, torch.Tensor] | None = None) -> tuple[str, str]:
+        """The diffusers (LyCORIS: LyCORIS's) and ComfyUI files of the model's adapter as it is now (`state`:
+        the adapter's state already gathered, under FSDP2)."""
         folder.mkdir(parents=True, exist_ok=True)
         with staged_files(folder) as staging:  # all files replace the previous ones together, or none does
-            lora = self.adapter.save(staging, self.family, self.acc.unwrap_model(self.model))
+            lora = self.adapter.save(staging, self.family, self.acc.unwrap_model(self.model), state)
             self.family.export_comfyui(staging)
         logger.info("LoRA written: %s and %s", folder / lora.name, folder / COMFYUI_FILE)
         return str(folder / lora.name), str(folder / COMFYUI_FILE)

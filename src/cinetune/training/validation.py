@@ -63,8 +63,10 @@ class Validator:
         offload_vae: bool,
         condition_images: list[np.ndarray] | None = None,
         frame_rate: float | None = None,
+        write: bool = True,
     ) -> None:
         self.family, self.cfg, self.cache = family, cfg, cache
+        self.write = write  # FSDP2: every rank generates (each holds a shard of the model), rank 0 writes
         self.frame_rate = frame_rate or cfg.frame_rate
         self.condition_images = condition_images
         self.vae, self.scheduler = vae, scheduler
@@ -92,7 +94,8 @@ class Validator:
         """Write OUTPUT_DIR/validation/step_N/<prompt><tag>_<W>x<H>.mp4 for every prompt and resolution (tag
         "_ema": the EMA weights)."""
         folder = Path(output_dir) / "validation" / f"step_{step}"
-        folder.mkdir(parents=True, exist_ok=True)
+        if self.write:
+            folder.mkdir(parents=True, exist_ok=True)
         was_training = model.training
         model.eval()
         if self.offload_vae:
@@ -128,6 +131,8 @@ class Validator:
                 path = folder / f"{name}{tag}_{width}x{height}.mp4"
                 if not _finite(result):  # NaN frames would be written as black ones: say so, write none
                     logger.warning("validation video %s is not written: the generation is non-finite", path)
+                    continue
+                if not self.write:
                     continue
                 video = (np.clip(result.frames, 0, 1) * 255).round().astype(np.uint8)
                 write_video(path, video, self.frame_rate, audio=result.audio, sample_rate=result.sample_rate)

@@ -5,9 +5,12 @@ for backward per block at the run's token count, what gradient checkpointing kee
 settings:
 
 - device, training: frozen weights resident on the device (by dtype or quantized storage; group offload keeps
-  the blocks outside the blocks plus one or two groups, block swap all but N blocks plus two) + LoRA (fp32
+  the blocks outside the blocks plus one or two groups, block swap all but N blocks plus two; FSDP2 over N
+  ranks 1/N of the blocks plus the block gathered and the next one prefetched, or every block gathered at the
+  end of the forward with fsdp_reshard_after_forward false) + LoRA (fp32
   weights, gradients and two AdamW states: 16 bytes per parameter) + activations (every block's saved
-  tensors; with checkpointing 1 block in N keeps only its inputs and one block is recomputed at a time) +
+  tensors; with checkpointing 1 block in N keeps only its inputs and one block is recomputed at a time;
+  FSDP2 shards the LoRA and its AdamW state too) +
   gradients in flight (twice the largest block input) + a fixed CUDA context and allocator margin;
 - device, caching: the text encoder (its precision), then the VAE (weights + k x its largest activation,
   k calibrated on the CPU; patch convolution, temporal roll and tiling scale it);
@@ -77,6 +80,7 @@ class Estimate:
     device_parts: dict[str, float] = field(default_factory=dict)
     cache_parts: dict[str, float] = field(default_factory=dict)
     host_parts: dict[str, float] = field(default_factory=dict)
+    ranks: int = 1  # FSDP2: the training figure is each rank's
 
     @property
     def device_peak(self) -> float:
@@ -86,8 +90,9 @@ class Estimate:
         def parts(values: dict[str, float]) -> str:
             return ", ".join(f"{name} {value / GIB:.2f}" for name, value in values.items() if value)
 
+        where = "the device" if self.ranks == 1 else f"each of the {self.ranks} ranks' devices (FSDP2)"
         return [
-            f"training: {self.device_train / GIB:.2f} GiB on the device ({parts(self.device_parts)})",
+            f"training: {self.device_train / GIB:.2f} GiB on {where} ({parts(self.device_parts)})",
             f"caching: {self.device_cache / GIB:.2f} GiB on the device ({parts(self.cache_parts)})",
             f"host RAM: {self.host / GIB:.2f} GiB at most ({parts(self.host_parts)})",
         ]
@@ -116,7 +121,18 @@ def _resident_weights(cfg: Any, profile: Profile) -> tuple[float, float]:
     if cfg.musubi_blocks_to_swap:
         swapped = sum(blocks[len(blocks) - min(cfg.musubi_blocks_to_swap, len(blocks)) :])
         return total - swapped + 2 * largest, swapped
+    ranks = fsdp_ranks(cfg)
+    if ranks > 1:
+        if not cfg.fsdp_reshard_after_forward:  # every block stays gathered from its forward to its backward
+            return total, 0.0
+        # the root's own weights stay gathered; the block running and the next one (prefetched) are whole
+        return other + sum(blocks) / ranks + 2 * largest, 0.0
     return total, 0.0
+
+
+def fsdp_ranks(cfg: Any) -> int:
+    """The ranks FSDP2 shards over: num_processes with fsdp_enable, else 1 (nothing is sharded)."""
+    return cfg.num_processes if cfg.fsdp_enable else 1
 
 
 def _activations(cfg: Any, profile: Profile, batch: int) -> tuple[float, float]:
@@ -145,7 +161,7 @@ def estimate(
 ) -> Estimate:
     """The run's predicted peaks (see the module docstring for what each term is)."""
     on_device, in_host = _resident_weights(cfg, profile)
-    lora = profile.lora_params * LORA_BYTES
+    lora = profile.lora_params * LORA_BYTES / fsdp_ranks(cfg)
     kept, in_flight = _activations(cfg, profile, batch)
     device_parts = {
         "frozen weights": on_device,
@@ -178,6 +194,7 @@ def estimate(
         device_parts=device_parts,
         cache_parts=cache_parts,
         host_parts=host_parts,
+        ranks=fsdp_ranks(cfg),
     )
 
 
@@ -192,10 +209,14 @@ def _vae_activations(cfg: Any, vae: VaeProfile, frames: int) -> float:
 
 
 # ---- the cheapest settings that fit ----------------------------------------------------------------------
-def candidates(num_blocks: int, quantized: bool) -> list[dict[str, Any]]:
-    """Training settings from the fastest to the slowest (each adds to the one before)."""
+def candidates(num_blocks: int, quantized: bool, processes: int = 1) -> list[dict[str, Any]]:
+    """Training settings from the fastest to the slowest (each adds to the one before). With several
+    processes, FSDP2 comes before quantization: it changes no numerics (quantization, offload and swap do
+    not combine with it, so the later steps go without it)."""
     steps: list[dict[str, Any]] = [{}, {"gradient_checkpointing": True}]
     base = {"gradient_checkpointing": True}
+    if processes > 1:
+        steps.append({**base, "fsdp_enable": True})
     if not quantized:
         steps.append({**base, "base_model_precision": "int8-quanto"})
         base = {**base, "base_model_precision": "int8-quanto"}
@@ -243,7 +264,8 @@ def propose(
     target_bytes *= HEADROOM
     quantized = cfg.base_model_precision in BYTES_PER_WEIGHT
     train_change = None
-    for change in candidates(len(profile.block_params), quantized):
+    processes = 1 if cfg.fsdp_enable else cfg.num_processes
+    for change in candidates(len(profile.block_params), quantized, processes):
         trial = cfg.model_copy(update=change)
         result = estimate(
             trial, family_name, profile, vae, batch=batch, frames=frames, text_encoders=text_encoders

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from cinetune.errors import ConfigError, NotSupportedYet
+from cinetune.memory.context_parallel import check_context_parallel
 from cinetune.memory.quantize import check_quantization, is_quantized
 from cinetune.memory.vae import TEMPORAL_ROLL_VAES
 
@@ -88,8 +89,7 @@ def _check_scale(cfg: Any, family: Any) -> None:
             )
     elif cfg.machine_rank:
         raise ConfigError(f"machine_rank {cfg.machine_rank} with num_machines 1: the only machine is 0")
-    if cfg.context_parallel_size > 1:
-        raise NotSupportedYet("context_parallel_size > 1 (context parallelism) is not supported yet")
+    check_context_parallel(cfg, family)
     if not cfg.fsdp_enable:
         return
     if cfg.fsdp_version != 2:

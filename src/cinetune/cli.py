@@ -82,7 +82,7 @@ def launch_command(args: argparse.Namespace, extra: list[str], train: Any) -> li
 
 def _launch_distributed(cmd: list[str], env: dict[str, str], what: str) -> int:
     """Run torchrun (`cmd`, from `launch_command`): DDP through accelerate in the processes it starts, which
-    share this process's run lock (`env`)."""
+    share this process's run lock (`env`; machine 0's launcher alone holds one)."""
     console.print(f"launching {what}: {' '.join(cmd)}")
     proc = subprocess.Popen(cmd, env=env)
     while True:

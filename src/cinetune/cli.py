@@ -60,25 +60,30 @@ def _plan(args: argparse.Namespace, extra: list[str]):
     return resolve(load_config(path, overrides))
 
 
-def _launch_distributed(
-    args: argparse.Namespace, extra: list[str], num_processes: int, env: dict[str, str]
-) -> int:
-    """Re-run this command under torchrun with N processes (DDP through accelerate), which share this
-    process's run lock (`env`)."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={num_processes}",
-        "-m",
-        "cinetune.cli",
-        args.command,
-    ]
+def launch_command(args: argparse.Namespace, extra: list[str], train: Any) -> list[str]:
+    """torchrun re-running this command: `--standalone` on one machine; with num_machines > 1 this machine's
+    share of the `num_processes` ranks, which meet machine 0's at main_process_ip:main_process_port."""
+    cmd = [sys.executable, "-m", "torch.distributed.run"]
+    if train.num_machines > 1:
+        cmd += [
+            f"--nnodes={train.num_machines}",
+            f"--node_rank={train.machine_rank}",
+            f"--nproc_per_node={train.num_processes // train.num_machines}",
+            f"--master_addr={train.main_process_ip}",
+            f"--master_port={train.main_process_port}",
+        ]
+    else:
+        cmd += ["--standalone", f"--nproc_per_node={train.num_processes}"]
+    cmd += ["-m", "cinetune.cli", args.command]
     if args.config:
         cmd += ["--config", args.config]
-    cmd += [*extra, f"--num_processes={num_processes}"]
-    console.print(f"launching {num_processes} processes: {' '.join(cmd)}")
+    return [*cmd, *extra, f"--num_processes={train.num_processes}"]
+
+
+def _launch_distributed(cmd: list[str], env: dict[str, str], what: str) -> int:
+    """Run torchrun (`cmd`, from `launch_command`): DDP through accelerate in the processes it starts, which
+    share this process's run lock (`env`; machine 0's launcher alone holds one)."""
+    console.print(f"launching {what}: {' '.join(cmd)}")
     proc = subprocess.Popen(cmd, env=env)
     while True:
         try:
@@ -91,10 +96,21 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     from cinetune.training.lock import launched_env, run_lock
 
     plan = _plan(args, extra)  # a bad config stops here, before N processes start
-    out = plan.train.output_dir
-    with run_lock(out):  # before anything is written into the output folder
-        if plan.train.num_processes > 1 and "WORLD_SIZE" not in os.environ:
-            return _launch_distributed(args, extra, plan.train.num_processes, launched_env(out))
+    train = plan.train
+    out = train.output_dir
+    # under a launcher (torchrun, accelerate launch) WORLD_SIZE is set: this process is a rank already
+    launch = (train.num_processes > 1 or train.num_machines > 1) and "WORLD_SIZE" not in os.environ
+    # machine 0's launcher holds the lock of the shared output folder; the other machines join its run
+    with run_lock(out, machine_rank=train.machine_rank if launch else 0):
+        if launch:
+            what = f"{train.num_processes} processes"
+            if train.num_machines > 1:
+                what = (
+                    f"{train.num_processes // train.num_machines} of {train.num_processes} processes "
+                    f"(machine {train.machine_rank} of {train.num_machines})"
+                )
+            env = launched_env(out) if train.machine_rank == 0 else dict(os.environ)
+            return _launch_distributed(launch_command(args, extra, train), env, what)
         from cinetune.training.trainer import Trainer
 
         trainer = Trainer(plan)

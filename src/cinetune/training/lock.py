@@ -4,7 +4,8 @@
 runner) take the lock before writing anything. The OS releases the lock when its process dies, even by
 kill -9, so a crashed run never blocks the next one; the note it leaves (PID, host, start time, command) is
 then stale, and the next run says it takes it over. A second run while the first is alive exits with code 2
-and names the holder.
+and names the holder. A run over several machines writes one output folder on storage they share: machine 0's
+launcher holds its lock and the others' launchers take none (`run_lock`, `machine_rank`).
 """
 
 from __future__ import annotations
@@ -130,10 +131,22 @@ class RunLock:
 
 
 @contextmanager
-def run_lock(output_dir: Path, command: str | None = None) -> Iterator[None]:
+def run_lock(output_dir: Path, command: str | None = None, machine_rank: int = 0) -> Iterator[None]:
     """Hold the lock of `output_dir` for the block. A DDP rank does not lock again when its launcher holds
-    the lock (`launched_env`) or when it is not rank 0 (rank 0 takes it under a bare torchrun)."""
+    the lock (`launched_env`) or when it is not rank 0 (rank 0 takes it under a bare torchrun). In a run
+    over several machines the output folder is shared storage and machine 0's launcher holds its lock: the
+    launcher of another machine (`machine_rank` > 0) joins that run and takes no lock (it would find machine
+    0's and stop)."""
     if os.environ.get(INHERITED) == _key(output_dir) or os.environ.get("RANK", "0") != "0":
+        yield
+        return
+    if machine_rank > 0:
+        logger.info(
+            "machine %d joins machine 0's run in %s: machine 0's launcher holds its run lock, this one takes "
+            "none",
+            machine_rank,
+            output_dir,
+        )
         yield
         return
     with RunLock(output_dir, command):

@@ -34,7 +34,7 @@ from cinetune.training.extras import RunExtras, frame_features
 from cinetune.training.guard import NonFiniteGuard, advice_for, measure_step
 from cinetune.training.metrics import MetricsLog, make_progress
 from cinetune.training.optim import build_optimizer, build_scheduler
-from cinetune.training.ranks import in_turn, wait_for_entries
+from cinetune.training.ranks import check_shared_storage, in_turn, storage_folders, wait_for_entries
 from cinetune.training.sampler import epoch_batches, plan_epoch
 from cinetune.training.signals import StopFlag
 from cinetune.training.speed import (
@@ -123,6 +123,7 @@ class Trainer:
             return self.export()
 
     def scan(self) -> None:
+        check_shared_storage(self.acc, storage_folders(self.output_dir, self.cache_roots()))  # multi-node
         self.samples = scan_datasets(
             self.plan.training_media,
             self.family.frame_rule,

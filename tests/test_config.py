@@ -68,8 +68,7 @@ def test_unknown_dataset_key_names_closest(tmp_path: Path, clips_dir: Path, make
     "key,value",
     [
         ("ramtorch", True),
-        ("context_parallel_size", 2),
-        ("fsdp_enable", True),
+        ("fsdp_transformer_layer_cls_to_wrap", "LTXVideoTransformerBlock"),
         ("deepspeed_config", "ds.json"),
     ],
 )

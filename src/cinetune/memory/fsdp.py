@@ -231,14 +231,24 @@ def shard_for_training(
     options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=False)
     set_model_state_dict(transformer, full_state, options=options)
     del full_state
-    for module in transformer.modules():  # buffers (persistent or not) come from rank 0 too
+    for module in transformer.modules():
+        # buffers (persistent or not), and tensors kept as plain attributes (Kandinsky 5's time-embedding
+        # frequencies), come from rank 0 too: the same modules in the same order on every rank
         for name, buffer in list(module._buffers.items()):
-            if buffer is None:
-                continue
-            received = torch.empty_like(buffer, device=device) if buffer.is_meta else buffer.to(device)
-            dist.broadcast(received, src=0)
-            module._buffers[name] = received
+            if buffer is not None:
+                module._buffers[name] = _from_rank0(buffer, device)
+        for name in sorted(vars(module)):
+            value = vars(module)[name]
+            if isinstance(value, torch.Tensor) and not isinstance(value, torch.nn.Parameter):
+                setattr(module, name, _from_rank0(value, value.device if not value.is_meta else device))
     left = [n for n, p in transformer.named_parameters() if local(p).is_meta]
     if left:
         raise RuntimeError(f"fsdp_cpu_ram_efficient_loading: {left[:3]} got no weights from rank 0")
     return transformer
+
+
+def _from_rank0(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Rank 0's value of a tensor every rank holds (the others may hold a meta one), on `device`."""
+    received = torch.empty_like(tensor, device=device) if tensor.is_meta else tensor.to(device)
+    dist.broadcast(received, src=0)
+    return received

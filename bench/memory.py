@@ -11,7 +11,10 @@ process's peak host memory, and the memory planner's predicted training peak. `-
 
 Variants (each alone on top of `--base` keys, default gradient checkpointing on, bf16, LoRA rank 32):
 none, group offload (block level, 1 block per group, streams), block swap N (`--swap`, default 8),
-int8-quanto.
+int8-quanto; with `--processes N` also DDP and FSDP2 over N ranks (`cinetune bench` launches them with
+torchrun; device and host figures are per rank, the largest, and host RAM summed over the ranks).
+
+    python bench/memory.py --family ltxvideo --flavour 0.9.5 --resolution 128x128 --frames 9 --processes 2
 """
 
 from __future__ import annotations
@@ -79,9 +82,19 @@ def main() -> int:
     parser.add_argument("--swap", type=int, default=8, help="blocks to swap in the block swap variant")
     parser.add_argument("--base", default=json.dumps(BASE), help="JSON of keys every variant shares")
     parser.add_argument("--json", help="write every variant's figures to this file")
+    parser.add_argument("--processes", type=int, default=1, help="also DDP and FSDP2 over this many ranks")
+    parser.add_argument("--only", help="comma-separated variant names to run (default: all)")
     args = parser.parse_args()
     base = json.loads(args.base)
     VARIANTS["block swap"] = {"musubi_blocks_to_swap": args.swap}
+    if args.processes > 1:
+        VARIANTS[f"DDP x{args.processes}"] = {"num_processes": args.processes}
+        VARIANTS[f"FSDP2 x{args.processes}"] = {"num_processes": args.processes, "fsdp_enable": True}
+    if args.only:
+        wanted = [name.strip() for name in args.only.split(",")]
+        for name in list(VARIANTS):
+            if name not in wanted:
+                del VARIANTS[name]
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as folder:
         for name, keys in VARIANTS.items():
@@ -90,7 +103,7 @@ def main() -> int:
     print(f"{args.family}/{args.flavour} at {args.resolution}x{args.frames}, base {json.dumps(base)}")
     print(
         f"{'variant':16s} {'s/step':>9s} {'ratio':>6s} {'device GiB':>11s} {'host GiB':>9s} "
-        f"{'predicted':>10s}"
+        f"{'predicted':>10s} {'host total':>11s}"
     )
     for name, result in results.items():
         if "error" in result:
@@ -98,12 +111,15 @@ def main() -> int:
             continue
         step = result["s_per_step_median"]
         ratio = step / first["s_per_step_median"] if first else float("nan")
-        device = result["memory_allocated_gib"]
+        ranks = result.get("host_peak_rss_gib_per_rank") or [result["host_peak_rss_gib"]]
+        device = max(
+            result.get("memory_allocated_gib_per_rank") or [result["memory_allocated_gib"]] or [None]
+        )
         predicted = result["predicted_device_gib"]
         print(
             f"{name:16s} {step:9.4f} {ratio:6.2f} "
-            f"{(f'{device:.2f}' if device is not None else 'n/a'):>11s} {result['host_peak_rss_gib']:9.2f} "
-            f"{(f'{predicted:.2f}' if predicted is not None else 'n/a'):>10s}"
+            f"{(f'{device:.2f}' if device is not None else 'n/a'):>11s} {max(ranks):9.2f} "
+            f"{(f'{predicted:.2f}' if predicted is not None else 'n/a'):>10s} {sum(ranks):11.2f}"
         )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

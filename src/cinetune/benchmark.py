@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import json
 import logging
-import resource
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +43,8 @@ MEMORY_KEYS = (
     "group_offload_to_disk_path",
     "musubi_blocks_to_swap",
     "musubi_block_swap_device",
+    "fsdp_enable",
+    "fsdp_reshard_after_forward",
 )
 # Dense bf16 tensor-core peaks (no sparsity), TFLOP/s, by a substring of torch.cuda.get_device_name().
 DEVICE_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "RTX 4090": 165.2}
@@ -76,6 +77,9 @@ class BenchResult:
     host_peak_rss_gib: float
     predicted_device_gib: float | None  # the memory planner's training peak for these settings
     settings: dict[str, Any]
+    # several processes (DDP, FSDP2): every rank's figure; the ones above are rank 0's
+    host_peak_rss_gib_per_rank: list[float] = field(default_factory=list)
+    memory_allocated_gib_per_rank: list[float] = field(default_factory=list)
 
 
 def synthetic_batch(trainer: Trainer, config: dict[str, Any], size: tuple[int, int], frames: int, batch: int):
@@ -139,9 +143,22 @@ def run_bench(
     size = (rule.side_down(size[0]), rule.side_down(size[1]))
     config = family.architecture_config()
     start = time.perf_counter()
-    transformer = family.prepare_transformer(
-        random_module(family.transformer_class, config, trainer.weight_dtype, device)
-    )
+    if trainer.fsdp:
+        # FSDP2: rank 0 builds the random weights on the CPU, the other ranks on the meta device; sharding
+        # sends each rank its shard (as fsdp_cpu_ram_efficient_loading does), so host RAM holds one copy
+        on_rank0 = trainer.acc.is_main_process
+        transformer = random_module(
+            family.transformer_class,
+            config,
+            trainer.weight_dtype,
+            torch.device("cpu" if on_rank0 else "meta"),
+        )
+        transformer = family.prepare_transformer(transformer)
+        trainer.weights_from_rank0 = True
+    else:
+        transformer = family.prepare_transformer(
+            random_module(family.transformer_class, config, trainer.weight_dtype, device)
+        )
     family.use_random_frozen_modules(device, trainer.weight_dtype)  # e.g. LTX-2's text connectors
     _sync(device)
     build_seconds = time.perf_counter() - start
@@ -199,6 +216,8 @@ def run_bench(
         memory_allocated_gib=memory[0],
         memory_reserved_gib=memory[1],
         host_peak_rss_gib=_peak_rss_gib(),
+        host_peak_rss_gib_per_rank=_per_rank(trainer, _peak_rss_gib()),
+        memory_allocated_gib_per_rank=_per_rank(trainer, memory[0]) if memory[0] is not None else [],
         predicted_device_gib=_predicted(plan, size, frames, batch),
         settings={
             "mixed_precision": trainer.acc.mixed_precision,
@@ -211,6 +230,8 @@ def run_bench(
             "audio": audio,
             "gradient_accumulation_steps": train.gradient_accumulation_steps,
             "optimizer": train.optimizer,
+            "processes": trainer.acc.num_processes,
+            "engine": "FSDP2" if trainer.fsdp else ("DDP" if trainer.acc.num_processes > 1 else "single"),
             **{key: getattr(train, key) for key in MEMORY_KEYS if key in train.model_fields_set},
             "torch": torch.__version__,
             "python": sys.version.split()[0],
@@ -271,6 +292,14 @@ def _predicted(plan: RunPlan, size: tuple[int, int], frames: int, batch: int) ->
     return memory.estimate().device_train / 2**30
 
 
+def _per_rank(trainer: Trainer, value: float) -> list[float]:
+    """`value` of every rank, in rank order (a collective when there are several)."""
+    if trainer.acc.num_processes == 1:
+        return [value]
+    gathered = trainer.acc.gather(torch.tensor([value], device=trainer.device))
+    return [float(v) for v in gathered.cpu()]
+
+
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -278,8 +307,28 @@ def _device_name(device: torch.device) -> str:
 
 
 def _peak_rss_gib() -> float:
-    # ru_maxrss is KiB on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    """This process's peak resident memory: getrusage where it exists (KiB on Linux, bytes on macOS), the
+    peak working set on Windows."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        import psutil
+
+        info = psutil.Process().memory_info()
+        return getattr(info, "peak_wset", info.rss) / 2**30
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**30 if sys.platform == "darwin" else peak / 2**20
+
+
+def _per_rank_lines(result: BenchResult) -> list[str]:
+    ranks = result.host_peak_rss_gib_per_rank
+    if len(ranks) < 2:
+        return []
+    line = f"  per rank         {result.settings.get('engine')} over {len(ranks)} processes: host peak RSS "
+    line += ", ".join(f"{v:.2f}" for v in ranks) + " GiB"
+    if result.memory_allocated_gib_per_rank:
+        line += "; allocated " + ", ".join(f"{v:.2f}" for v in result.memory_allocated_gib_per_rank) + " GiB"
+    return [line]
 
 
 def format_result(result: BenchResult) -> str:
@@ -305,6 +354,7 @@ def format_result(result: BenchResult) -> str:
             f"  s/step (median)  {result.s_per_step_median:.4f}  over {len(result.s_per_step_all)} steps",
             f"  tokens/s         {result.tokens_per_s:,.0f} (video)",
             f"  peak memory      {mem}",
+            *_per_rank_lines(result),
             "  predicted peak   "
             + (
                 f"{result.predicted_device_gib:.2f} GiB (memory planner, training)"

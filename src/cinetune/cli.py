@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
 
-from cinetune.errors import CinetuneError, ConfigError, RunStopped
+from cinetune.errors import CinetuneError, ConfigError, NotSupportedYet, RunStopped
 
 console = Console(stderr=False)
 _DEFAULT_CONFIGS = (Path("config/config.json"), Path("config/config.toml"))
@@ -255,15 +255,39 @@ def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
     from cinetune.benchmark import format_result, run_bench, write_json
 
     plan = _bench_plan(args, extra, "bench")
+    train = plan.train
+    if train.num_processes > 1 and "WORLD_SIZE" not in os.environ:  # DDP / FSDP2: one process per device
+        if train.num_machines > 1:
+            raise NotSupportedYet("cinetune bench over several machines is not supported yet: bench one")
+        return _launch_distributed(
+            _bench_command(args, extra, train.num_processes), dict(os.environ), "bench"
+        )
     width, height = _parse_size(args.resolution)
     result = run_bench(
         plan, (width, height), args.frames, args.batch, args.steps, args.warmup, args.peak_tflops
     )
+    if int(os.environ.get("RANK", "0")) != 0:  # every rank timed its steps; rank 0 reports them all
+        return 0
     console.print(format_result(result), highlight=False)
     if args.json:
         write_json(result, Path(args.json))
         console.print(f"figures written to {args.json}")
     return 0
+
+
+def _bench_command(args: argparse.Namespace, extra: list[str], processes: int) -> list[str]:
+    """torchrun re-running this `cinetune bench` with its own arguments on `processes` ranks."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+    cmd += ["-m", "cinetune.cli", "bench"]
+    for name in ("config", "family", "flavour", "resolution", "frames", "batch", "steps", "warmup"):
+        if getattr(args, name) is not None:
+            cmd.append(f"--{name}={getattr(args, name)}")
+    for name in ("peak_tflops", "json"):
+        if getattr(args, name) is not None:
+            cmd.append(f"--{name}={getattr(args, name)}")
+    if args.audio:
+        cmd.append("--audio")
+    return [*cmd, *extra, f"--num_processes={processes}"]
 
 
 def cmd_plan(args: argparse.Namespace, extra: list[str]) -> int:

@@ -207,8 +207,6 @@ def _warn_moot(cfg: Any) -> None:
         moot += [(k, "fsdp_enable is false") for k in fsdp_keys if k in given]
     elif cfg.num_processes == 1:
         moot.append(("fsdp_enable", "one process holds the whole model (set num_processes)"))
-    if cfg.context_parallel_size == 1 and "context_parallel_comm_strategy" in given:
-        moot.append(("context_parallel_comm_strategy", "context_parallel_size is 1"))
     if not cfg.musubi_blocks_to_swap and "musubi_block_swap_device" in given:
         moot.append(("musubi_block_swap_device", "musubi_blocks_to_swap is 0"))
     quantizes = any(

@@ -100,6 +100,7 @@ class Trainer:
         # FSDP2 (memory/fsdp.py): the transformer sharded over the ranks; with one process there is nothing
         # to shard over (the plan warns) and the run is a plain one.
         self.fsdp = self.cfg.fsdp_enable and self.acc.num_processes > 1
+        self.weights_from_rank0 = False  # `cinetune bench` under FSDP2: only rank 0 built real weights
         self.prompts: dict[str, str] = dict(plan.validation_prompts)
         # reliability (docs/ARCHITECTURE.md, "When a run fails"): signals, non-finite steps
         self.stop = StopFlag()
@@ -252,7 +253,8 @@ class Trainer:
         if self.fsdp:  # before the optimizer: it must hold the sharded parameters
             from cinetune.memory.fsdp import shard_for_training
 
-            shard_for_training(transformer, self.plan, self.device, cfg.fsdp_cpu_ram_efficient_loading)
+            from_rank0 = cfg.fsdp_cpu_ram_efficient_loading or self.weights_from_rank0
+            shard_for_training(transformer, self.plan, self.device, from_rank0)
             params = [p for p in transformer.parameters() if p.requires_grad]
         optimizer = build_optimizer(params, cfg)
         self.scheduler = build_scheduler(optimizer, cfg, total_steps)

@@ -59,6 +59,8 @@ def apply_fsdp(
     # that an in-place op on it would skip a gather. The loss (objectives.compute_loss) and validation read
     # it out of place only; tests/test_fsdp.py trains the DDP LoRA exactly. Once, not every step.
     warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
+    # torch's own state_dict helpers call a function torch deprecates (nothing a user can act on)
+    warnings.filterwarnings("ignore", message=r"`_get_pg_default_device` will be deprecated")
     for block in blocks:
         fully_shard(block, mesh=mesh, reshard_after_forward=cfg.fsdp_reshard_after_forward)
     # The root's own weights (embeddings, output projection) are used first in the backward: keep them

@@ -112,7 +112,8 @@ def test_examples_pass_check(tmp_path: Path, capsys) -> None:
     """Each example pair, pointed at long-enough clips, passes `cinetune check` (no weights needed)."""
     from cinetune.demo import write_demo_dataset
 
-    clips = write_demo_dataset(tmp_path / "clips", num_clips=2, num_frames=100, size=(64, 48), fps=24)
+    # 4 clips: the FSDP2 example trains on 4 ranks, each needs a batch
+    clips = write_demo_dataset(tmp_path / "clips", num_clips=4, num_frames=100, size=(64, 48), fps=24)
     sounds = tmp_path / "sounds"  # audio datasets (s2v_datasets): a same-named track per clip
     sounds.mkdir()
     for clip in clips.glob("*.mp4"):
@@ -134,9 +135,9 @@ def test_examples_pass_check(tmp_path: Path, capsys) -> None:
         code = main(["check", "--config", str(config), f"--data_backend_config={backend}"])
         out = capsys.readouterr().out
         assert code == 0, out
-        assert "2 clip(s)" in out and "config OK" in out
+        assert "4 clip(s)" in out and "config OK" in out
         if "s2v" in config.parent.name:
-            assert "audio: 2 of 2 clip(s) with sound, from s2v dataset(s) my-clips-audio" in out
+            assert "audio: 4 of 4 clip(s) with sound, from s2v dataset(s) my-clips-audio" in out
 
 
 def test_keys_lists_every_field_with_its_description(capsys) -> None:

@@ -40,6 +40,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "ckpt + text enc int8": {"gradient_checkpointing": True, "text_encoder_1_precision": "int8-quanto"},
     "ckpt + VAE patch conv": {"gradient_checkpointing": True, "vae_enable_patch_conv": True},
     "ckpt + VAE tiling": {"gradient_checkpointing": True, "vae_enable_tiling": True},
+    # FSDP2: the training figure is per rank (each of N GPUs)
+    "ckpt + FSDP2 x2": {"gradient_checkpointing": True, "fsdp_enable": True, "num_processes": 2},
+    "ckpt + FSDP2 x4": {"gradient_checkpointing": True, "fsdp_enable": True, "num_processes": 4},
+    "ckpt + FSDP2 x8": {"gradient_checkpointing": True, "fsdp_enable": True, "num_processes": 8},
 }
 
 

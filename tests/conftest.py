@@ -7,14 +7,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-# Bit-for-bit comparisons (offload, swap, resume against the plain run) need BLAS results that do not depend on
-# where a tensor's memory starts: MKL picks kernels by alignment on some CPUs (measured on an AMD EPYC host:
-# group offload's copied weights gave 1e-9..1e-5 different LoRAs). Strict conditional reproducibility fixes
-# that; set before torch loads MKL, and inherited by the processes tests launch.
+# Bit-for-bit comparisons (offload, swap, resume against the plain run) need BLAS results that do not
+# depend on where a tensor's memory starts: MKL picks kernels by alignment on some CPUs (measured on an AMD
+# EPYC host: group offload's copied weights gave LoRAs 1e-9..1e-5 apart). Strict conditional
+# reproducibility fixes that; set before torch loads MKL, and inherited by the processes tests launch.
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -30,17 +30,17 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _train(config: Path, *overrides: str) -> subprocess.CompletedProcess:
+def _run(*command: str) -> subprocess.CompletedProcess:
+    """Run a Python module or script with the test environment; it must succeed."""
     proc = subprocess.run(
-        [sys.executable, "-m", "cinetune.cli", "train", "--config", str(config), *overrides],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
+        [sys.executable, *command], env=_env(), capture_output=True, text=True, timeout=900, check=False
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-6000:]
     return proc
+
+
+def _train(config: Path, *overrides: str) -> subprocess.CompletedProcess:
+    return _run("-m", "cinetune.cli", "train", "--config", str(config), *overrides)
 
 
 def _lora(folder: Path) -> dict[str, torch.Tensor]:
@@ -153,16 +153,7 @@ def test_fsdp2_over_two_ranks_follows_one_process(tmp_path: Path) -> None:
     differently), LoRA values about 0.2."""
     result = tmp_path / "result.json"
     script = Path(__file__).with_name("fsdp_reference.py")
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    proc = subprocess.run(
-        [*launch, str(script), str(result)],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    _run("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), str(result))
     figures = json.loads(result.read_text())
     assert figures["tensors"] == 32 and figures["max_value"] > 0.05
     assert figures["max_diff"] < 1e-5, figures

@@ -39,10 +39,9 @@ def check_memory(cfg: Any, family: Any) -> None:
     _warn_moot(cfg)
 
 
-def _check_training_extras(cfg: Any) -> None:
-    """The training extras (issue 12) were built and tested on plain weights: where they meet quantized,
-    offloaded or swapped blocks it has not been tested, so it is rejected rather than trusted."""
-    memory = [
+def _memory_features(cfg: Any) -> list[str]:
+    """The memory features of the config that change where or how the frozen block weights are stored."""
+    return [
         name
         for name, on in (
             (f"base_model_precision {cfg.base_model_precision}", is_quantized(cfg.base_model_precision)),
@@ -51,7 +50,11 @@ def _check_training_extras(cfg: Any) -> None:
         )
         if on
     ]
-    extras = [
+
+
+def _training_extras(cfg: Any) -> list[str]:
+    """The optional training features (issue 12) and adapter kinds the config turns on."""
+    return [
         name
         for name, on in (
             ("tread_config", cfg.tread_config is not None),
@@ -63,6 +66,12 @@ def _check_training_extras(cfg: Any) -> None:
         )
         if on
     ]
+
+
+def _check_training_extras(cfg: Any) -> None:
+    """The training extras (issue 12) were built and tested on plain weights: where they meet quantized,
+    offloaded or swapped blocks it has not been tested, so it is rejected rather than trusted."""
+    memory, extras = _memory_features(cfg), _training_extras(cfg)
     if memory and extras:
         raise NotSupportedYet(
             f"{extras[0]} with {memory[0]} is not supported yet: the training extras have not been tested on "
@@ -97,22 +106,8 @@ def _check_scale(cfg: Any, family: Any) -> None:
             "fsdp_version 1 is not supported yet: cinetune shards with FSDP2 (fsdp_version 2), which "
             "replaces it"
         )
-    untested = [
-        name
-        for name, on in (
-            (f"base_model_precision {cfg.base_model_precision}", is_quantized(cfg.base_model_precision)),
-            ("enable_group_offload", cfg.enable_group_offload),
-            ("musubi_blocks_to_swap", bool(cfg.musubi_blocks_to_swap)),
-            ("compile_transformer_blocks", bool(cfg.compile_transformer_blocks)),
-            ("tread_config", cfg.tread_config is not None),
-            ("crepa_enabled", cfg.crepa_enabled),
-            ("scheduled_sampling_max_step_offset", bool(cfg.scheduled_sampling_max_step_offset)),
-            ("use_dora", cfg.use_dora),
-            ("lora_type lycoris", cfg.lora_type == "lycoris"),
-            ("use_ema", cfg.use_ema),
-        )
-        if on
-    ]
+    compiled = ["compile_transformer_blocks"] if cfg.compile_transformer_blocks else []
+    untested = [*_memory_features(cfg), *compiled, *_training_extras(cfg)]
     if untested:
         why = {
             "base_model_precision": "FSDP2 shards parameters as DTensors, which quantized weights are not",

@@ -12,7 +12,8 @@ process's peak host memory, and the memory planner's predicted training peak. `-
 Variants (each alone on top of `--base` keys, default gradient checkpointing on, bf16, LoRA rank 32):
 none, group offload (block level, 1 block per group, streams), block swap N (`--swap`, default 8),
 int8-quanto; with `--processes N` also DDP and FSDP2 over N ranks (`cinetune bench` launches them with
-torchrun; device and host figures are per rank, the largest, and host RAM summed over the ranks).
+torchrun; device and host figures are per rank, the largest, and host RAM summed over the ranks). "host
+after steps" is the resident memory right after the timed steps (the peak includes loading).
 
     python bench/memory.py --family ltxvideo --flavour 0.9.5 --resolution 128x128 --frames 9 --processes 2
 """
@@ -109,7 +110,7 @@ def main() -> int:
     print(f"{args.family}/{args.flavour} at {args.resolution}x{args.frames}, base {json.dumps(base)}")
     print(
         f"{'variant':16s} {'s/step':>9s} {'ratio':>6s} {'device GiB':>11s} {'host GiB':>9s} "
-        f"{'predicted':>10s} {'host total':>11s}"
+        f"{'predicted':>10s} {'host total':>11s} {'host after steps':>17s}"
     )
     for name, result in results.items():
         if "error" in result:
@@ -125,7 +126,8 @@ def main() -> int:
         print(
             f"{name:16s} {step:9.4f} {ratio:6.2f} "
             f"{(f'{device:.2f}' if device is not None else 'n/a'):>11s} {max(ranks):9.2f} "
-            f"{(f'{predicted:.2f}' if predicted is not None else 'n/a'):>10s} {sum(ranks):11.2f}"
+            f"{(f'{predicted:.2f}' if predicted is not None else 'n/a'):>10s} {sum(ranks):11.2f} "
+            f"{max(result.get('host_rss_after_steps_gib_per_rank') or [float('nan')]):17.2f}"
         )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

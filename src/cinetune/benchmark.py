@@ -79,6 +79,9 @@ class BenchResult:
     settings: dict[str, Any]
     # several processes (DDP, FSDP2): every rank's figure; the ones above are rank 0's
     host_peak_rss_gib_per_rank: list[float] = field(default_factory=list)
+    # resident host memory right after the timed steps (the peak above includes loading): on the CPU this is
+    # what training keeps, weights included
+    host_rss_after_steps_gib_per_rank: list[float] = field(default_factory=list)
     memory_allocated_gib_per_rank: list[float] = field(default_factory=list)
 
 
@@ -177,6 +180,7 @@ def run_bench(
         trainer.optimizer_step(micro)
         _sync(device)
         times.append(time.perf_counter() - t0)
+    after_steps = _per_rank(trainer, _rss_gib())
     memory = (None, None)
     if device.type == "cuda":
         memory = (
@@ -217,6 +221,7 @@ def run_bench(
         memory_reserved_gib=memory[1],
         host_peak_rss_gib=_peak_rss_gib(),
         host_peak_rss_gib_per_rank=_per_rank(trainer, _peak_rss_gib()),
+        host_rss_after_steps_gib_per_rank=after_steps,
         memory_allocated_gib_per_rank=_per_rank(trainer, memory[0]) if memory[0] is not None else [],
         predicted_device_gib=_predicted(plan, size, frames, batch),
         settings={
@@ -306,6 +311,12 @@ def _device_name(device: torch.device) -> str:
     return f"{device.type} ({torch.get_num_threads()} threads)"
 
 
+def _rss_gib() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**30
+
+
 def _peak_rss_gib() -> float:
     """This process's peak resident memory: getrusage where it exists (KiB on Linux, bytes on macOS), the
     peak working set on Windows."""
@@ -326,6 +337,9 @@ def _per_rank_lines(result: BenchResult) -> list[str]:
         return []
     line = f"  per rank         {result.settings.get('engine')} over {len(ranks)} processes: host peak RSS "
     line += ", ".join(f"{v:.2f}" for v in ranks) + " GiB"
+    if result.host_rss_after_steps_gib_per_rank:
+        line += "; after the steps " + ", ".join(f"{v:.2f}" for v in result.host_rss_after_steps_gib_per_rank)
+        line += " GiB"
     if result.memory_allocated_gib_per_rank:
         line += "; allocated " + ", ".join(f"{v:.2f}" for v in result.memory_allocated_gib_per_rank) + " GiB"
     return [line]

@@ -52,6 +52,13 @@ def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
+VALIDATION: dict[str, Any] = {
+    "validation_steps": 2,
+    "validation_prompt": "a red square",
+    "validation_resolution": "64x64",
+    "validation_num_video_frames": 9,
+    "validation_num_inference_steps": 2,
+}
 COMMON: dict[str, Any] = {
     "max_train_steps": 3,
     "train_batch_size": 1,
@@ -66,7 +73,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory, clips_dir: Path) -> dict[str,
     """The runs the tests compare, each trained once: DDP, FSDP2 sharded, FSDP2 full with rank-0 loading."""
     out: dict[str, Path] = {}
     for name, keys in (
-        ("ddp", {}),
+        ("ddp", VALIDATION),  # rank 0 validates, rank 1 waits for it
         ("sharded", {"fsdp_enable": True}),
         (
             "full",
@@ -76,11 +83,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory, clips_dir: Path) -> dict[str,
                 "fsdp_cpu_ram_efficient_loading": True,
                 "fsdp_reshard_after_forward": False,
                 # every rank takes part in validation (each holds a shard of every block); rank 0 writes
-                "validation_steps": 2,
-                "validation_prompt": "a red square",
-                "validation_resolution": "64x64",
-                "validation_num_video_frames": 9,
-                "validation_num_inference_steps": 2,
+                **VALIDATION,
             },
         ),
     ):
@@ -100,6 +103,9 @@ def test_two_process_ddp_keeps_ranks_in_sync(runs: dict[str, Path]) -> None:
     assert len(ranks) == 2 and ranks[0] == ranks[1]
     assert {"rng_0.pt", "rng_1.pt", "optimizer.pt"} <= {p.name for p in (out / "checkpoint-2").iterdir()}
     assert (out / LORA).exists()
+    # validation at step 2 and at the end: rank 1 waited at the barrier (it used to walk on into the next
+    # step's gradient all-reduce and hang there)
+    assert len(list((out / "validation").rglob("*.mp4"))) == 2
     state = json.loads((out / "checkpoint-2" / "state.json").read_text())
     assert state["world_size"] == 2 and "fsdp" not in state
     # the cache was split: each rank encoded its share of the latents and of the captions

@@ -170,3 +170,14 @@ def _read(path: Path) -> str | None:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         return None
+
+
+def close_process_group() -> None:
+    """End the run's process group where every rank reaches the same point (the run's end, an agreed stop).
+    Left to the interpreter's exit, gloo's threads were torn down mid-flight now and then: "terminate called
+    without an active exception" (SIGABRT) after a run had written everything."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

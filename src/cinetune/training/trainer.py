@@ -34,7 +34,13 @@ from cinetune.training.extras import RunExtras, frame_features
 from cinetune.training.guard import NonFiniteGuard, advice_for, measure_step
 from cinetune.training.metrics import MetricsLog, make_progress
 from cinetune.training.optim import build_optimizer, build_scheduler
-from cinetune.training.ranks import check_shared_storage, in_turn, storage_folders, wait_for_entries
+from cinetune.training.ranks import (
+    check_shared_storage,
+    close_process_group,
+    in_turn,
+    storage_folders,
+    wait_for_entries,
+)
 from cinetune.training.sampler import epoch_batches, plan_epoch
 from cinetune.training.signals import StopFlag
 from cinetune.training.speed import (
@@ -208,6 +214,8 @@ class Trainer:
             fsdp=self.cfg.fsdp_state_dict_type if self.fsdp else None,
             rank0_loads=self.cfg.fsdp_cpu_ram_efficient_loading,
         )
+        # the same on every rank: whether rank 0 validates (the others then wait for it at a barrier)
+        self.validates = not cfg.disable_validation and bool(self.prompts)
         self.validator = self._make_validator()
         self.metrics = MetricsLog(self.output_dir, self.acc, cfg.report_to != "none")
         if cfg.report_to != "none":
@@ -460,6 +468,7 @@ class Trainer:
             return
         path = self.save_checkpoint()
         self.acc.end_training()
+        close_process_group()
         raise RunStopped(
             f"stopped at step {self.state.step} of {self.total_steps}: {path} holds the state, nothing was "
             "exported; resume_from_checkpoint: latest continues exactly from there",
@@ -468,9 +477,15 @@ class Trainer:
 
     def validate(self, step: int) -> list[Path]:
         written: list[Path] = []
-        if self.validator is None:
+        if not self.validates:
             return written
-        self.guard.require_finite_lora(self.acc.unwrap_model(self.model), step, "validation videos")
+        if self.validator is None:  # DDP: rank 0 validates, the others wait for it (no collective between)
+            self.acc.wait_for_everyone()
+            return written
+        model = self.acc.unwrap_model(self.model)
+        # FSDP2: every rank judges the whole LoRA (gathered), so all of them validate or none does
+        state = self.adapter.state_dict(model) if self.fsdp else None
+        self.guard.require_finite_lora(model, step, "validation videos", state)
         for tag, weights in self.extras.validation_variants():
             with weights():  # the trained weights, or the EMA's
                 written += self.validator.run(
@@ -519,6 +534,7 @@ class Trainer:
                     result[folder.name] = self.export_lora(folder)[0]
         self.acc.wait_for_everyone()
         self.acc.end_training()
+        close_process_group()
         return result
 
     def export_lora(self, folder: Path, state: dict[str, torch.Tensor] | None = None) -> tuple[str, str]:

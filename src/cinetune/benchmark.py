@@ -146,22 +146,15 @@ def run_bench(
     size = (rule.side_down(size[0]), rule.side_down(size[1]))
     config = family.architecture_config()
     start = time.perf_counter()
+    build_on = device
     if trainer.fsdp:
         # FSDP2: rank 0 builds the random weights on the CPU, the other ranks on the meta device; sharding
         # sends each rank its shard (as fsdp_cpu_ram_efficient_loading does), so host RAM holds one copy
-        on_rank0 = trainer.acc.is_main_process
-        transformer = random_module(
-            family.transformer_class,
-            config,
-            trainer.weight_dtype,
-            torch.device("cpu" if on_rank0 else "meta"),
-        )
-        transformer = family.prepare_transformer(transformer)
+        build_on = torch.device("cpu" if trainer.acc.is_main_process else "meta")
         trainer.weights_from_rank0 = True
-    else:
-        transformer = family.prepare_transformer(
-            random_module(family.transformer_class, config, trainer.weight_dtype, device)
-        )
+    transformer = family.prepare_transformer(
+        random_module(family.transformer_class, config, trainer.weight_dtype, build_on)
+    )
     family.use_random_frozen_modules(device, trainer.weight_dtype)  # e.g. LTX-2's text connectors
     _sync(device)
     build_seconds = time.perf_counter() - start

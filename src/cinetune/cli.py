@@ -61,8 +61,17 @@ def _plan(args: argparse.Namespace, extra: list[str]):
 
 
 def launch_command(args: argparse.Namespace, extra: list[str], train: Any) -> list[str]:
-    """torchrun re-running this command: `--standalone` on one machine; with num_machines > 1 this machine's
-    share of the `num_processes` ranks, which meet machine 0's at main_process_ip:main_process_port."""
+    """torchrun re-running this command (`_torchrun`), with its config and overrides."""
+    cmd = [*_torchrun(train), "-m", "cinetune.cli", args.command]
+    if args.config:
+        cmd += ["--config", args.config]
+    return [*cmd, *extra, f"--num_processes={train.num_processes}"]
+
+
+def _torchrun(train: Any) -> list[str]:
+    """torchrun for this machine's ranks: `--standalone` on one machine; with num_machines > 1 this
+    machine's share of the `num_processes` ranks, which meet machine 0's at
+    main_process_ip:main_process_port."""
     cmd = [sys.executable, "-m", "torch.distributed.run"]
     if train.num_machines > 1:
         cmd += [
@@ -74,10 +83,7 @@ def launch_command(args: argparse.Namespace, extra: list[str], train: Any) -> li
         ]
     else:
         cmd += ["--standalone", f"--nproc_per_node={train.num_processes}"]
-    cmd += ["-m", "cinetune.cli", args.command]
-    if args.config:
-        cmd += ["--config", args.config]
-    return [*cmd, *extra, f"--num_processes={train.num_processes}"]
+    return cmd
 
 
 def _launch_distributed(cmd: list[str], env: dict[str, str], what: str) -> int:
@@ -259,9 +265,7 @@ def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
     if train.num_processes > 1 and "WORLD_SIZE" not in os.environ:  # DDP / FSDP2: one process per device
         if train.num_machines > 1:
             raise NotSupportedYet("cinetune bench over several machines is not supported yet: bench one")
-        return _launch_distributed(
-            _bench_command(args, extra, train.num_processes), dict(os.environ), "bench"
-        )
+        return _launch_distributed(_bench_command(args, extra, train), dict(os.environ), "bench")
     width, height = _parse_size(args.resolution)
     result = run_bench(
         plan, (width, height), args.frames, args.batch, args.steps, args.warmup, args.peak_tflops
@@ -275,19 +279,14 @@ def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
-def _bench_command(args: argparse.Namespace, extra: list[str], processes: int) -> list[str]:
-    """torchrun re-running this `cinetune bench` with its own arguments on `processes` ranks."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
-    cmd += ["-m", "cinetune.cli", "bench"]
-    for name in ("config", "family", "flavour", "resolution", "frames", "batch", "steps", "warmup"):
-        if getattr(args, name) is not None:
-            cmd.append(f"--{name}={getattr(args, name)}")
-    for name in ("peak_tflops", "json"):
-        if getattr(args, name) is not None:
-            cmd.append(f"--{name}={getattr(args, name)}")
+def _bench_command(args: argparse.Namespace, extra: list[str], train: Any) -> list[str]:
+    """torchrun re-running this `cinetune bench` with its own arguments (`_torchrun`, one machine)."""
+    cmd = [*_torchrun(train), "-m", "cinetune.cli", "bench"]
+    names = ("config", "family", "flavour", "resolution", "frames", "batch", "steps", "warmup", "peak_tflops")
+    cmd += [f"--{name}={getattr(args, name)}" for name in (*names, "json") if getattr(args, name) is not None]
     if args.audio:
         cmd.append("--audio")
-    return [*cmd, *extra, f"--num_processes={processes}"]
+    return [*cmd, *extra, f"--num_processes={train.num_processes}"]
 
 
 def cmd_plan(args: argparse.Namespace, extra: list[str]) -> int:

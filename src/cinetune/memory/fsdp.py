@@ -39,12 +39,6 @@ FULL_OPTIMIZER_FILE = "fsdp_optimizer.pt"  # FULL_STATE_DICT: the optimizer stat
 FULL_MODEL_FILE = "fsdp_trained.safetensors"  # FULL_STATE_DICT: the trained parameters, module paths as keys
 
 
-def is_sharded(model: torch.nn.Module) -> bool:
-    from torch.distributed.fsdp import FSDPModule
-
-    return isinstance(model, FSDPModule)
-
-
 def apply_fsdp(
     transformer: torch.nn.Module, blocks: list[torch.nn.Module], cfg: Any, device: torch.device
 ) -> torch.nn.Module:
@@ -108,20 +102,6 @@ def local(value: Any) -> Any:
     from torch.distributed.tensor import DTensor
 
     return value.to_local() if isinstance(value, DTensor) else value
-
-
-def all_ranks_agree(flag: bool, device: torch.device) -> bool:
-    """True only where every rank says True (one all-reduce); the flag itself outside a process group."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return flag
-    value = torch.tensor([0.0 if flag else 1.0], device=device)
-    dist.all_reduce(value)
-    return bool(value.item() == 0.0)
-
-
-def grad_norm(norm: torch.Tensor) -> torch.Tensor:
-    """clip_grad_norm_ over sharded gradients returns a DTensor: the whole norm."""
-    return full(norm)
 
 
 # ---- checkpoints ---------------------------------------------------------------------------------------
@@ -193,11 +173,6 @@ def load_state(folder: Path, model: torch.nn.Module, optimizer: Any, kind: str, 
     set_optimizer_state_dict(model, optimizer, optimizer_state, options=options)
 
 
-def state_files(kind: str) -> tuple[str, ...]:
-    """What a checkpoint of this kind must hold beyond the common files (for a clear error on resume)."""
-    return (".metadata",) if kind == SHARDED else (FULL_MODEL_FILE, FULL_OPTIMIZER_FILE)
-
-
 # ---- loading -------------------------------------------------------------------------------------------
 def load_on_rank0(family: Any, dtype: torch.dtype) -> torch.nn.Module:
     """fsdp_cpu_ram_efficient_loading: rank 0 reads the transformer (on the CPU) and sends its config; the
@@ -206,16 +181,13 @@ def load_on_rank0(family: Any, dtype: torch.dtype) -> torch.nn.Module:
         model = family.load_transformer(dtype)
         dist.broadcast_object_list([dict(model.config)], src=0)
         return model
+    from cinetune.models.base import random_module
+
     received: list[Any] = [None]
     dist.broadcast_object_list(received, src=0)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device("meta"):
-            model = family.transformer_class.from_config(received[0])
-    finally:
-        torch.set_default_dtype(previous)
-    return family.prepare_transformer(model)
+    return family.prepare_transformer(
+        random_module(family.transformer_class, received[0], dtype, torch.device("meta"))
+    )
 
 
 def shard_for_training(

@@ -199,7 +199,9 @@ class Trainer:
         # On several ranks one at a time reads the transformer and moves it to its device (training/ranks.py).
         load = in_turn(self.output_dir, "transformer", self.acc.num_processes > 1)
         if self.fsdp and cfg.fsdp_cpu_ram_efficient_loading:  # rank 0 alone reads: no turns to take
-            transformer = self._load_for_fsdp()
+            from cinetune.memory.fsdp import load_on_rank0
+
+            transformer = load_on_rank0(self.family, self.weight_dtype)
         elif self.fsdp:  # sharding moves the weights to the device block by block, never the whole model
             transformer = load(lambda: self.family.load_transformer(self.weight_dtype))
         else:
@@ -272,17 +274,10 @@ class Trainer:
         self.params = params
         self.extras.start(self.acc.unwrap_model(self.model), self.device)
 
-    def _load_for_fsdp(self) -> torch.nn.Module:
-        """fsdp_cpu_ram_efficient_loading: rank 0 alone reads the weights (on the CPU); the others build the
-        transformer on the meta device and get their shards from rank 0 once it is sharded."""
-        from cinetune.memory.fsdp import load_on_rank0
-
-        return load_on_rank0(self.family, self.weight_dtype)
-
     def _make_validator(self) -> Validator | None:
         cfg = self.cfg
         # Under FSDP2 every rank runs the validation (each holds a shard of every block); rank 0 writes.
-        if cfg.disable_validation or not self.prompts or not (self.acc.is_main_process or self.fsdp):
+        if not self.validates or not (self.acc.is_main_process or self.fsdp):
             return None
         if cfg.offload_during_startup and self.device.type == "cpu":
             logger.warning(
@@ -490,7 +485,7 @@ class Trainer:
             with weights():  # the trained weights, or the EMA's
                 written += self.validator.run(
                     step,
-                    self.acc.unwrap_model(self.model),
+                    model,
                     self.output_dir,
                     on_video=lambda name, v: (
                         self.metrics.log_video_frames(step, name, v) if self.acc.is_main_process else None

@@ -157,17 +157,22 @@ def _training_page(page, expect, server, root: Path, shots: Path):
     page.goto(f"{server.url}/?project=demo")
     page.click('button[data-page="training"]')
     expect(page.locator("#train-state")).to_have_text("running", timeout=60_000)
-    if PAUSABLE:  # once the run holds at its fault point (it may still be caching), let it go on
+    job = None
+    if PAUSABLE:  # wait until the run holds at its fault point (it may still be caching)
         job = psutil.Process(json.loads((root / "demo" / JOBS_DIR / "train.json").read_text())["pid"])
         deadline = time.monotonic() + 300
         while job.status() != psutil.STATUS_STOPPED:
             assert time.monotonic() < deadline, "the training job never reached its fault point"
             time.sleep(0.2)
-        job.resume()
     page.wait_for_function(
         "parseInt(document.querySelector('#train-step').textContent) >= 1", timeout=120_000
     )
     page.click("#train-stop")
+    if job is not None:
+        # Let the held run go on only now: its stop signal is pending and it stops after the step it holds
+        # in. Resumed before the click, the tiny run finished its remaining 58 steps (about 2 s) before the
+        # page had shown step 1 and clicked Stop on a loaded CI machine, and the state read "finished".
+        job.resume()
     expect(page.locator("#train-state")).to_have_text("stopped", timeout=60_000)
     stopped_at = int(page.locator("#train-step").inner_text().split("/")[0])
     assert 1 <= stopped_at < STEPS
